@@ -1,0 +1,178 @@
+"""The gemb encoder: stems -> one sequence -> bidirectional transformer -> pooled unit embedding.
+
+Each modality's stem turns its part slots into tokens; every token also gets a learned
+part-index embedding (its `*_part` value), and the token buffers of all modalities are
+concatenated into one sequence [B, N, D] with a padding mask. Under bidirectional attention
+and masked mean pooling the physical order of tokens does not matter; the part-index
+embedding carries the order of the parts in the input.
+
+Parameters stay float32; `config.model.dtype` sets the compute dtype of the transformer.
+Pooling, the projection and the normalisation run in float32.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from gemb.model import inputs
+from gemb.model.stems import STEMS, EMBED_INIT
+from gemb.sharding import constrain, logical_axes
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def check_config(cfg) -> None:
+  """Raises ValueError naming the `config.model` key whose value the encoder cannot use."""
+  def need(ok, key, why):
+    if not ok:
+      raise ValueError(f"config.model.{key}={cfg.get(key)!r}: {why}")
+  need(cfg.dtype in DTYPES, "dtype", f"must be one of {sorted(DTYPES)}")
+  need(cfg.width % cfg.num_heads == 0, "num_heads", f"must divide width={cfg.width}")
+  p = cfg.patch_size
+  need(all(s % p == 0 for s in cfg.max_image_size), "max_image_size",
+       f"must be multiples of patch_size={p}")
+  need(all(s % p == 0 for s in cfg.video_size), "video_size",
+       f"must be multiples of patch_size={p}")
+  need(len(cfg.audio_patch) == 2 and cfg.max_audio_frames % cfg.audio_patch[0] == 0
+       and cfg.n_mels % cfg.audio_patch[1] == 0, "audio_patch",
+       f"must be (frames, mels) dividing max_audio_frames={cfg.max_audio_frames} and "
+       f"n_mels={cfg.n_mels}")
+  need(cfg.max_video_frames % cfg.tubelet_frames == 0, "tubelet_frames",
+       f"must divide max_video_frames={cfg.max_video_frames}")
+  need(all(0 < d <= cfg.embed_dim for d in cfg.mrl_dims) and list(cfg.mrl_dims)
+       == sorted(set(cfg.mrl_dims)), "mrl_dims",
+       f"must be increasing dims in (0, embed_dim={cfg.embed_dim}]")
+  need(0.0 <= cfg.dropout < 1.0, "dropout", "must lie in [0, 1)")
+
+
+class Attention(nnx.Module):
+  """Bidirectional multi-head self-attention that ignores padding keys."""
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    heads, head_dim = cfg.num_heads, cfg.width // cfg.num_heads
+    self.dtype = dtype
+    qkv_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                 in_axis=0, out_axis=(1, 2))
+    out_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                 in_axis=(0, 1), out_axis=2)
+
+    def projection():  # [B, N, D] -> [B, N, H, K]
+      return nnx.Einsum("bnd,dhk->bnhk", (cfg.width, heads, head_dim), (heads, head_dim),
+                        dtype=dtype, kernel_init=qkv_init, rngs=rngs,
+                        kernel_metadata=logical_axes("embed", "heads", "kv"),
+                        bias_metadata=logical_axes("heads", "kv"))
+    self.query, self.key, self.value = projection(), projection(), projection()
+    self.out = nnx.Einsum("bnhk,hkd->bnd", (heads, head_dim, cfg.width), (cfg.width,),
+                          dtype=dtype, kernel_init=out_init, rngs=rngs,
+                          kernel_metadata=logical_axes("heads", "kv", "embed"),
+                          bias_metadata=logical_axes("embed"))
+
+  def __call__(self, x, mask):
+    # x [B, N, D], mask [B, N]
+    head_spec = ("batch", "length", "heads", "kv")
+    q = constrain(self.query(x), head_spec)  # [B, N, H, K]
+    k = constrain(self.key(x), head_spec)
+    v = constrain(self.value(x), head_spec)
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                        preferred_element_type=jnp.float32)  # [B, H, N, N]
+    # A finite "minus infinity": a row whose keys are all padding becomes uniform, not NaN.
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, N, H, K]
+    return self.out(constrain(attended, head_spec))
+
+
+class Mlp(nnx.Module):
+  """D -> mlp_ratio * D -> D with a GELU."""
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    hidden = int(cfg.width * cfg.mlp_ratio)
+    self.up = nnx.Linear(cfg.width, hidden, dtype=dtype, rngs=rngs,
+                         kernel_metadata=logical_axes("embed", "mlp"),
+                         bias_metadata=logical_axes("mlp"))
+    self.down = nnx.Linear(hidden, cfg.width, dtype=dtype, rngs=rngs,
+                           kernel_metadata=logical_axes("mlp", "embed"),
+                           bias_metadata=logical_axes("embed"))
+
+  def __call__(self, x):
+    hidden = constrain(jax.nn.gelu(self.up(x)), ("batch", "length", "mlp"))  # [B, N, F]
+    return self.down(hidden)
+
+
+def _layer_norm(cfg, dtype, rngs):
+  return nnx.LayerNorm(cfg.width, epsilon=1e-6, dtype=dtype, rngs=rngs,
+                       scale_metadata=logical_axes("embed"), bias_metadata=logical_axes("embed"))
+
+
+class Block(nnx.Module):
+  """Pre-LN transformer block: x + Attention(LN(x)), then x + Mlp(LN(x))."""
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    self.attention_norm = _layer_norm(cfg, dtype, rngs)
+    self.attention = Attention(cfg, dtype, rngs=rngs)
+    self.mlp_norm = _layer_norm(cfg, dtype, rngs)
+    self.mlp = Mlp(cfg, dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+  def __call__(self, x, mask, deterministic: bool):
+    x = x + self.dropout(self.attention(self.attention_norm(x), mask),
+                         deterministic=deterministic)
+    x = x + self.dropout(self.mlp(self.mlp_norm(x)), deterministic=deterministic)
+    return constrain(x, ("batch", "length", None))
+
+
+class Encoder(nnx.Module):
+  """Embeds a packed side (gemb/data/packing.py) as float32 unit vectors [B, embed_dim]."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    check_config(cfg)
+    self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: part of the static graph
+    dtype = DTYPES[cfg.dtype]
+    self.stems = nnx.Dict({m: STEMS[m](cfg, dtype, rngs=rngs) for m in inputs.MODALITIES})
+    self.part_embed = nnx.Param(EMBED_INIT(rngs.params(), (cfg.max_parts, cfg.width)),
+                                **logical_axes("parts", "embed"))
+    self.blocks = nnx.List([Block(cfg, dtype, rngs=rngs) for _ in range(cfg.depth)])
+    self.final_norm = _layer_norm(cfg, dtype, rngs)
+    self.projection = nnx.Linear(cfg.width, cfg.embed_dim, rngs=rngs,
+                                 kernel_metadata=logical_axes("embed", "projection"),
+                                 bias_metadata=logical_axes("projection"))
+
+  def __call__(self, side: dict, *, deterministic: bool = True) -> jax.Array:
+    inputs.check_side(side, self.cfg)
+    streams = [self.stems[m](side) for m in inputs.present_modalities(side)]
+    x = jnp.concatenate([tokens for tokens, _, _ in streams], axis=1)  # [B, N, D]
+    mask = jnp.concatenate([mask for _, mask, _ in streams], axis=1)  # [B, N]
+    part = jnp.concatenate([part for _, _, part in streams], axis=1)  # [B, N]
+    x = x + self.part_embed[...][jnp.clip(part, 0, self.cfg.max_parts - 1)].astype(x.dtype)
+    x = constrain(x, ("batch", "length", None))
+
+    def apply_block(block, x, mask):
+      return block(x, mask, deterministic)
+    if self.cfg.remat:
+      apply_block = nnx.remat(apply_block)
+    for block in self.blocks:
+      x = apply_block(block, x, mask)
+
+    x = self.final_norm(x).astype(jnp.float32)
+    weights = mask.astype(jnp.float32)[..., None]  # [B, N, 1]
+    count = weights.sum(axis=1)  # [B, 1]
+    pooled = (x * weights).sum(axis=1) / jnp.maximum(count, 1.0)  # [B, D]
+    embeddings = l2_normalize(self.projection(pooled))  # [B, embed_dim]
+    # An example with no parts at all (a padding row of an eval batch) embeds to zeros.
+    return jnp.where(count > 0, embeddings, 0.0)
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / |x| along the last axis (a zero vector stays zero)."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def mrl_prefixes(embeddings: jax.Array, dims) -> list[jax.Array]:
+  """Matryoshka prefixes: for each d in `dims`, the first d coordinates re-normalised [B, d]."""
+  for d in dims:
+    if not 0 < d <= embeddings.shape[-1]:
+      raise ValueError(f"MRL dim {d} is outside (0, {embeddings.shape[-1]}] (config.model.mrl_dims)")
+  return [l2_normalize(embeddings[..., :d]) for d in dims]

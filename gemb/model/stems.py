@@ -1,0 +1,154 @@
+"""Stems: one per modality, each turns the part slots of a side into tokens of width D.
+
+Every stem returns
+  tokens  [B, N, D]  patch/token embedding + positions + a learned modality embedding
+  mask    [B, N]     True for a real token of a present part
+  part    [B, N]     index of the token's part in its input (-1 for an absent part slot)
+where N = part slots x tokens per slot. Position tables are sized by the config limits
+(max_text_tokens, max_image_size, ...) and a smaller buffer reads their first rows, so a
+token's embedding does not depend on how much padding surrounds it.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gemb.sharding import logical_axes
+
+EMBED_INIT = nnx.initializers.normal(stddev=0.02)
+
+
+def _table(rngs: nnx.Rngs, shape: tuple[int, ...], *names: str) -> nnx.Param:
+  """A learned float32 table (positions, modality or part embeddings), logically named."""
+  return nnx.Param(EMBED_INIT(rngs.params(), shape, jnp.float32), **logical_axes(*names))
+
+
+def _patch_embed(in_features: int, cfg, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(in_features, cfg.width, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_metadata=logical_axes("patch", "embed"),
+                    bias_metadata=logical_axes("embed"), rngs=rngs)
+
+
+def _flatten(tokens: jax.Array, mask: jax.Array, part: jax.Array):
+  """[B, P, *grid, D], [B, P, *grid], [B, P] -> [B, N, D], [B, N], [B, N]."""
+  batch, width = tokens.shape[0], tokens.shape[-1]
+  part = jnp.broadcast_to(part.reshape(part.shape + (1,) * (mask.ndim - 2)), mask.shape)
+  return (tokens.reshape(batch, -1, width), mask.reshape(batch, -1), part.reshape(batch, -1))
+
+
+class TextStem(nnx.Module):
+  """Token ids [B, Pt, Lt] (0 = padding) -> token embedding + learned 1-D positions."""
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.token_embed = nnx.Embed(cfg.vocab_size, cfg.width, param_dtype=jnp.float32,
+                                 embedding_init=EMBED_INIT,
+                                 embedding_metadata=logical_axes("vocab", "embed"), rngs=rngs)
+    self.positions = _table(rngs, (cfg.max_text_tokens, cfg.width), "positions", "embed")
+    self.modality = _table(rngs, (cfg.width,), "embed")
+
+  def __call__(self, side):
+    tokens, part = side["text_tokens"], side["text_part"]  # [B, Pt, Lt], [B, Pt]
+    length = tokens.shape[2]
+    x = self.token_embed(tokens) + self.positions[:length] + self.modality[...]  # [B, Pt, Lt, D]
+    mask = (tokens > 0) & (part >= 0)[..., None]
+    return _flatten(x.astype(self.dtype), mask, part)
+
+
+class ImageStem(nnx.Module):
+  """Images [B, Pi, H, W, 3] -> linear embedding of p x p patches + learned row and column
+  positions; patches outside the real (height, width) in `image_hw` are masked out."""
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.patch_size = cfg.patch_size
+    p = cfg.patch_size
+    hmax, wmax = cfg.max_image_size
+    self.patch_embed = _patch_embed(p * p * 3, cfg, dtype, rngs)
+    self.row_positions = _table(rngs, (hmax // p, cfg.width), "positions", "embed")
+    self.col_positions = _table(rngs, (wmax // p, cfg.width), "positions", "embed")
+    self.modality = _table(rngs, (cfg.width,), "embed")
+
+  def __call__(self, side):
+    images, hw, part = side["image"], side["image_hw"], side["image_part"]
+    batch, slots, height, width, channels = images.shape
+    p = self.patch_size
+    rows, cols = height // p, width // p
+    patches = images.reshape(batch, slots, rows, p, cols, p, channels)
+    patches = patches.transpose(0, 1, 2, 4, 3, 5, 6).reshape(batch, slots, rows, cols, -1)
+    x = self.patch_embed(patches.astype(self.dtype))  # [B, Pi, rows, cols, D]
+    positions = self.row_positions[:rows][:, None] + self.col_positions[:cols][None]
+    x = x + (positions + self.modality[...]).astype(self.dtype)
+    real_rows = jnp.arange(rows) < (hw[..., 0] // p)[..., None]  # [B, Pi, rows]
+    real_cols = jnp.arange(cols) < (hw[..., 1] // p)[..., None]  # [B, Pi, cols]
+    mask = real_rows[..., :, None] & real_cols[..., None, :] & (part >= 0)[..., None, None]
+    return _flatten(x, mask, part)
+
+
+class AudioStem(nnx.Module):
+  """Log-mel spectrograms [B, Pa, F, M] -> linear embedding of (frames x mels) patches +
+  learned time and frequency positions; patches starting at or after `audio_frames` are
+  masked out."""
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.audio_patch = tuple(cfg.audio_patch)
+    pf, pm = self.audio_patch
+    self.patch_embed = _patch_embed(pf * pm, cfg, dtype, rngs)
+    self.time_positions = _table(rngs, (cfg.max_audio_frames // pf, cfg.width), "positions",
+                                 "embed")
+    self.freq_positions = _table(rngs, (cfg.n_mels // pm, cfg.width), "positions", "embed")
+    self.modality = _table(rngs, (cfg.width,), "embed")
+
+  def __call__(self, side):
+    audio, frames, part = side["audio"], side["audio_frames"], side["audio_part"]
+    batch, slots, n_frames, n_mels = audio.shape
+    pf, pm = self.audio_patch
+    steps, bands = n_frames // pf, n_mels // pm
+    patches = audio.reshape(batch, slots, steps, pf, bands, pm)
+    patches = patches.transpose(0, 1, 2, 4, 3, 5).reshape(batch, slots, steps, bands, pf * pm)
+    x = self.patch_embed(patches.astype(self.dtype))  # [B, Pa, steps, bands, D]
+    positions = self.time_positions[:steps][:, None] + self.freq_positions[...][None]
+    x = x + (positions + self.modality[...]).astype(self.dtype)
+    real_steps = jnp.arange(steps) * pf < frames[..., None]  # [B, Pa, steps]
+    mask = (real_steps & (part >= 0)[..., None])[..., None] & jnp.ones(bands, bool)
+    return _flatten(x, mask, part)
+
+
+class VideoStem(nnx.Module):
+  """Videos [B, Pv, T, Hv, Wv, 3] -> linear embedding of (tubelet_frames x p x p) tubelets +
+  learned temporal, row and column positions; tubelets starting at or after `video_frames`
+  are masked out."""
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.patch_size = cfg.patch_size
+    self.tubelet_frames = cfg.tubelet_frames
+    p, tf = cfg.patch_size, cfg.tubelet_frames
+    hv, wv = cfg.video_size
+    self.patch_embed = _patch_embed(tf * p * p * 3, cfg, dtype, rngs)
+    self.time_positions = _table(rngs, (cfg.max_video_frames // tf, cfg.width), "positions",
+                                 "embed")
+    self.row_positions = _table(rngs, (hv // p, cfg.width), "positions", "embed")
+    self.col_positions = _table(rngs, (wv // p, cfg.width), "positions", "embed")
+    self.modality = _table(rngs, (cfg.width,), "embed")
+
+  def __call__(self, side):
+    video, frames, part = side["video"], side["video_frames"], side["video_part"]
+    batch, slots, n_frames, height, width, channels = video.shape
+    p, tf = self.patch_size, self.tubelet_frames
+    steps, rows, cols = n_frames // tf, height // p, width // p
+    tubelets = video.reshape(batch, slots, steps, tf, rows, p, cols, p, channels)
+    tubelets = tubelets.transpose(0, 1, 2, 4, 6, 3, 5, 7, 8).reshape(
+        batch, slots, steps, rows, cols, -1)
+    x = self.patch_embed(tubelets.astype(self.dtype))  # [B, Pv, steps, rows, cols, D]
+    positions = (self.time_positions[:steps][:, None, None] + self.row_positions[...][:, None]
+                 + self.col_positions[...][None])
+    x = x + (positions + self.modality[...]).astype(self.dtype)
+    real_steps = jnp.arange(steps) * tf < frames[..., None]  # [B, Pv, steps]
+    mask = (real_steps & (part >= 0)[..., None])[..., None, None] & jnp.ones((rows, cols), bool)
+    return _flatten(x, mask, part)
+
+
+STEMS = {"text": TextStem, "image": ImageStem, "audio": AudioStem, "video": VideoStem}

@@ -1,0 +1,270 @@
+"""Specification of the gemb encoder (gemb/model) on the 'tiny' preset."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.model_presets import get_model_config
+from gemb.data.packing import Layout, pack_inputs
+from gemb.model.encoder import Encoder, mrl_prefixes
+from gemb.model.flops import encoder_flops
+from gemb.model.inputs import check_side
+
+RNG = np.random.default_rng(0)
+
+
+def text(n):
+  return {"text": RNG.integers(1, 257, size=n).astype(np.int32)}
+
+
+def image(h, w):
+  return {"image": RNG.normal(size=(h, w, 3)).astype(np.float32)}
+
+
+def audio(frames):
+  return {"audio": RNG.normal(size=(frames, 32)).astype(np.float32)}
+
+
+def video(frames):
+  return {"video": RNG.normal(size=(frames, 32, 32, 3)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+  return get_model_config("tiny")
+
+
+@pytest.fixture(scope="module")
+def model(cfg):
+  return Encoder(cfg, rngs=nnx.Rngs(0))
+
+
+@nnx.jit
+def embed(model, side):
+  return model(side)
+
+
+def layout(cfg, **max_parts):
+  return Layout.from_config(cfg, max_parts)
+
+
+# Inputs that fit the smallest layout below: at most one part per modality, short buffers.
+MIXED = [
+    [text(9), image(16, 8)],
+    [audio(30), video(3)],
+    [image(8, 16), text(16), audio(12)],
+    [video(4), text(5)],
+]
+
+
+@pytest.mark.parametrize("inputs, max_parts", [
+    ([[text(7)], [text(64)]], dict(text=1)),
+    ([[image(32, 32)], [image(8, 24)]], dict(image=1)),
+    ([[audio(64)], [audio(5)]], dict(audio=1)),
+    ([[video(8)], [video(1)]], dict(video=1)),
+    (MIXED, dict(text=1, image=1, audio=1, video=1)),
+])
+def test_embeddings_are_unit_vectors_of_embed_dim(cfg, model, inputs, max_parts):
+  side = pack_inputs(inputs, layout(cfg, **max_parts))
+  embeddings = np.asarray(embed(model, side))
+  assert embeddings.shape == (len(inputs), cfg.embed_dim)
+  assert embeddings.dtype == np.float32
+  np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-6)
+  # Different inputs get different embeddings.
+  assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-3
+
+
+def test_mrl_prefixes_are_renormalised_prefixes(cfg, model):
+  embeddings = embed(model, pack_inputs(MIXED, layout(cfg, text=1, image=1, audio=1, video=1)))
+  prefixes = mrl_prefixes(embeddings, cfg.mrl_dims)
+  full = np.asarray(embeddings)
+  for d, prefix in zip(cfg.mrl_dims, prefixes):
+    expected = full[:, :d] / np.linalg.norm(full[:, :d], axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.asarray(prefix), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(prefix, axis=-1), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="MRL dim 65"):
+    mrl_prefixes(embeddings, [65])
+
+
+def test_padding_does_not_change_embeddings(cfg, model):
+  small = Layout(max_parts=dict(text=1, image=1, audio=1, video=1), max_text_tokens=16,
+                 max_image_size=(16, 16), max_audio_frames=32, n_mels=32, max_video_frames=4,
+                 video_size=(32, 32), patch_size=8)
+  # More part slots, longer text buffer, bigger images, more audio and video frames.
+  big = layout(cfg, text=3, image=2, audio=2, video=2)
+  small_side, big_side = pack_inputs(MIXED, small), pack_inputs(MIXED, big)
+  assert big_side["image"].shape[2:4] == (32, 32) and big_side["text_tokens"].shape[2] == 64
+  np.testing.assert_allclose(np.asarray(embed(model, big_side)),
+                             np.asarray(embed(model, small_side)), atol=1e-6)
+
+
+def test_part_order_changes_embedding(cfg, model):
+  t, i = text(9), image(16, 16)
+  side = pack_inputs([[t, i], [i, t]], layout(cfg, text=1, image=1))
+  embeddings = np.asarray(embed(model, side))
+  assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-3
+  # The part-index embedding is what carries the order: without it the two are the same.
+  no_order = nnx.clone(model)
+  no_order.part_embed.set_value(np.zeros_like(model.part_embed.get_value()))
+  embeddings = np.asarray(embed(no_order, side))
+  np.testing.assert_allclose(embeddings[0], embeddings[1], atol=1e-6)
+
+
+def test_physical_slot_order_does_not_matter(cfg, model):
+  # Two texts stored in swapped slots but with their part indices swapped too: same input.
+  side = pack_inputs([[text(6), image(8, 8), text(11)]], layout(cfg, text=2, image=1))
+  swapped = dict(side, text_tokens=side["text_tokens"][:, ::-1], text_part=side["text_part"][:, ::-1])
+  np.testing.assert_allclose(np.asarray(embed(model, swapped)), np.asarray(embed(model, side)),
+                             atol=1e-6)
+
+
+def test_batch_permutation_permutes_embeddings(cfg, model):
+  order = [2, 0, 3, 1]
+  lay = layout(cfg, text=1, image=1, audio=1, video=1)
+  embeddings = np.asarray(embed(model, pack_inputs(MIXED, lay)))
+  permuted = np.asarray(embed(model, pack_inputs([MIXED[k] for k in order], lay)))
+  np.testing.assert_allclose(permuted, embeddings[order], atol=1e-6)
+
+
+def with_empty_example(side, row):
+  side = {k: v.copy() for k, v in side.items()}
+  for key in side:
+    if key.endswith("_part"):
+      side[key][row] = -1  # no parts: a padding row of an eval batch
+  return side
+
+
+def test_example_without_parts_embeds_to_zero(cfg, model):
+  lay = layout(cfg, text=1, image=1, audio=1, video=1)
+  side = with_empty_example(pack_inputs(MIXED, lay), 1)
+  embeddings = np.asarray(embed(model, side))
+  np.testing.assert_array_equal(embeddings[1], 0.0)
+  np.testing.assert_allclose(embeddings[[0, 2, 3]],
+                             np.asarray(embed(model, pack_inputs(MIXED, lay)))[[0, 2, 3]],
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("key, change, match", [
+    ("image", lambda s: s["image"][:, :, :30, :30], r"side\['image'\] has shape \[4, 1, 30, 30, 3\]"),
+    ("text_tokens", lambda s: np.zeros((4, 1, 65), np.int32), r"Lt<=64"),
+    ("audio", lambda s: s["audio"][..., :16], r"n_mels=32"),
+    ("video_frames", lambda s: s["video_frames"][:, None], r"side\['video_frames'\]"),
+    ("text_tokens", lambda s: s["text_tokens"].astype(np.float32), r"integer"),
+    ("depth_part", lambda s: np.zeros((4, 1), np.int32), r"unknown keys \['depth_part'\]"),
+])
+def test_bad_inputs_are_rejected_before_compilation(cfg, model, key, change, match):
+  side = dict(pack_inputs(MIXED, layout(cfg, text=1, image=1, audio=1, video=1)))
+  side[key] = change(side)
+  with pytest.raises(ValueError, match=match):
+    check_side(side, cfg)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), side)
+  with pytest.raises(ValueError, match=match):
+    nnx.eval_shape(lambda m, s: m(s), model, abstract)  # traces, never compiles
+
+
+def test_empty_and_too_long_sides_are_rejected(cfg, model):
+  with pytest.raises(ValueError, match="side is empty"):
+    nnx.eval_shape(lambda m, s: m(s), model, {})
+  long = layout(cfg, text=8, image=1)  # 8 x 64 + 16 = 528 tokens > max_seq_len 512
+  side = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                      pack_inputs([[text(3)]], long))
+  with pytest.raises(ValueError, match="sequence of 528 tokens > config.model.max_seq_len=512"):
+    nnx.eval_shape(lambda m, s: m(s), model, side)
+  bad_part = pack_inputs([[text(3)]], layout(cfg, text=1))
+  bad_part["text_part"][0, 0] = cfg.max_parts
+  with pytest.raises(ValueError, match="max_parts"):
+    check_side(bad_part, cfg)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("num_heads", 5, "config.model.num_heads=5: must divide width=64"),
+    ("max_image_size", (30, 32), "config.model.max_image_size"),
+    ("mrl_dims", [32, 16], "config.model.mrl_dims"),
+    ("dtype", "float16", "config.model.dtype"),
+])
+def test_bad_config_is_rejected_with_its_key(key, value, match):
+  bad = get_model_config("tiny")
+  bad[key] = value
+  with pytest.raises(ValueError, match=match):
+    Encoder(bad, rngs=nnx.Rngs(0))
+
+
+def test_bfloat16_compute_is_close_to_float32(cfg, model):
+  bf16_cfg = get_model_config("tiny")
+  bf16_cfg.dtype = "bfloat16"
+  bf16_model = Encoder(bf16_cfg, rngs=nnx.Rngs(1))
+  nnx.update(bf16_model, nnx.state(model, nnx.Param))  # same float32 parameters
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16_model, nnx.Param)))
+  side = pack_inputs(MIXED, layout(cfg, text=1, image=1, audio=1, video=1))
+  reference, low = np.asarray(embed(model, side)), np.asarray(embed(bf16_model, side))
+  assert low.dtype == np.float32
+  cosine = (reference * low).sum(-1)
+  assert cosine.min() > 0.99, cosine
+  assert np.abs(reference - low).max() > 0  # it did compute in bfloat16
+
+
+def test_remat_gives_identical_outputs_and_finite_grads(cfg, model):
+  remat_cfg = get_model_config("tiny")
+  remat_cfg.remat = True
+  remat_model = Encoder(remat_cfg, rngs=nnx.Rngs(0))
+  nnx.update(remat_model, nnx.state(model, nnx.Param))
+  # Lots of padding, fully padded attention rows and an example without parts: no NaN.
+  side = with_empty_example(pack_inputs([[text(5), image(8, 16)], [text(3)]],
+                                       layout(cfg, text=2, image=1)), 1)
+  target = RNG.normal(size=(2, cfg.embed_dim)).astype(np.float32)
+
+  @nnx.jit
+  def value_and_grad(m):
+    return nnx.value_and_grad(lambda m: (m(side) * target).sum())(m)
+
+  loss, grads = value_and_grad(model)
+  remat_loss, remat_grads = value_and_grad(remat_model)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  for g, rg in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
+    assert np.isfinite(g).all()
+    np.testing.assert_allclose(rg, g, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_only_in_training(cfg, model):
+  drop_cfg = get_model_config("tiny")
+  drop_cfg.dropout = 0.5
+  drop_model = Encoder(drop_cfg, rngs=nnx.Rngs(0))
+  nnx.update(drop_model, nnx.state(model, nnx.Param))
+  side = pack_inputs([[text(7)], [text(30)]], layout(cfg, text=1))
+  train = nnx.jit(lambda m, s: m(s, deterministic=False))
+  np.testing.assert_allclose(np.asarray(embed(drop_model, side)), np.asarray(embed(model, side)),
+                             atol=1e-6)
+  first, second = np.asarray(train(drop_model, side)), np.asarray(train(drop_model, side))
+  assert np.abs(first - np.asarray(embed(model, side))).max() > 1e-3
+  assert np.abs(first - second).max() > 1e-3  # a fresh dropout mask each call
+
+
+def _matmul_flops(jaxpr) -> int:
+  """2 x (output size) x (contracted size) summed over every dot_general, sub-jaxprs included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      lhs, rhs = (v.aval.shape for v in eqn.invars)
+      (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
+      kept = [d for k, d in enumerate(rhs) if k not in rhs_contract and k not in rhs_batch]
+      total += 2 * int(np.prod(lhs)) * int(np.prod(kept))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else [param]:
+        if hasattr(sub, "eqns"):
+          total += _matmul_flops(sub)
+        elif hasattr(sub, "jaxpr") and hasattr(sub.jaxpr, "eqns"):
+          total += _matmul_flops(sub.jaxpr)
+  return total
+
+
+def test_flops_match_the_traced_matmuls(cfg, model):
+  side = pack_inputs(MIXED, layout(cfg, text=2, image=1, audio=1, video=2))
+  graphdef, state = nnx.split(model)
+  jaxpr = jax.make_jaxpr(lambda st, s: nnx.merge(graphdef, st)(s))(state, side)
+  assert encoder_flops(cfg, side) == _matmul_flops(jaxpr.jaxpr)
+  # Hand count for one text part slot of L tokens, batch 1.
+  length, d, f = 16, cfg.width, int(cfg.width * cfg.mlp_ratio)
+  shapes = {"text_tokens": (1, 1, length), "text_part": (1, 1)}
+  per_block = 8 * length * d * d + 4 * length * length * d + 4 * length * d * f
+  assert encoder_flops(cfg, shapes) == cfg.depth * per_block + 2 * d * cfg.embed_dim
