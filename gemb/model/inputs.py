@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import math
 import jax.numpy as jnp
 import numpy as np
 
@@ -61,7 +62,7 @@ def token_counts(side_shapes: Mapping[str, Any], cfg) -> dict[str, tuple[int, in
   counts = {}
   for m in present_modalities(side_shapes):
     shape = shape_of(side_shapes[KEYS[m][0]])
-    counts[m] = (shape[1], int(np.prod(token_grid(m, shape, cfg))))
+    counts[m] = (shape[1], math.prod(token_grid(m, shape, cfg)))  # symbolic-safe (export)
   return counts
 
 

@@ -1,0 +1,1 @@
+"""Export of a trained encoder for serving: see gemb/export/bundle.py."""

@@ -1,0 +1,169 @@
+"""Export -> serving bundle: its standalone embedder (no flax) matches the in-framework encoder."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+from scipy.io import wavfile
+
+from configs import model_presets
+from gemb.data import features
+from gemb.export import bundle as export_bundle
+from gemb.model.encoder import Encoder, mrl_prefixes
+from gemb.train import checkpoints
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODALITY_SETS = [["text"], ["image", "text"], ["text", "image", "audio", "video"]]
+
+
+def random_encoder(model_cfg, seed):
+  """An Encoder with numpy-random params (fast: no compiled initialisers needed)."""
+  graphdef, params, rest = nnx.split(
+      nnx.eval_shape(lambda: Encoder(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
+  rng = np.random.default_rng(seed)
+  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.05, x.shape), x.dtype), params)
+  rest = jax.tree.map(lambda x: jax.random.key(0) if jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else jnp.zeros(x.shape, x.dtype), rest)
+  return nnx.merge(graphdef, params, rest)
+
+
+def _config():
+  config = ml_collections.ConfigDict()
+  config.model = model_presets.get_model_config("tiny")
+  config.stage_order = ("finetune",)
+  # Three programs keep the test fast; image-only and audio/video-only inputs then run in the
+  # smallest exported superset of their modalities, with masked empty slots.
+  config.export = {"modality_sets": MODALITY_SETS, "platforms": ["cpu"]}
+  return config
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """A random-init tiny encoder saved as a training checkpoint, then exported."""
+  tmp = tmp_path_factory.mktemp("export")
+  config = _config()
+  encoder = random_encoder(config.model, seed=3)
+  _, params, _ = nnx.split(encoder, nnx.Param, ...)
+  manager = checkpoints.make_manager(checkpoints.stage_dir(str(tmp), "finetune"), every=1, keep=1,
+                                     async_save=False)
+  checkpoints.save(manager, 7, {"params": {"encoder": params}}, {}, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  export_dir = str(tmp / "bundle")
+  export_bundle.export(config, str(tmp), None, export_dir)  # None: last stage, latest step
+  return config, encoder, export_dir, tmp
+
+
+def _raw_inputs(folder):
+  """Every modality alone, and interleaved mixes; some parts as files, some as arrays."""
+  rng = np.random.default_rng(0)
+  pixels = lambda *shape: rng.integers(0, 256, shape, dtype=np.uint8)
+  png, wav, npy = (os.path.join(folder, name) for name in ("a.png", "b.wav", "c.npy"))
+  Image.fromarray(pixels(24, 40, 3)).save(png)
+  wavfile.write(wav, 16000, (rng.uniform(-0.5, 0.5, 6000) * 32767).astype(np.int16))
+  np.save(npy, pixels(6, 48, 48, 3))
+  return [
+      [{"text": "a red circle"}],
+      [{"image": pixels(20, 30, 3)}],
+      [{"audio": rng.uniform(-1, 1, 8000).astype(np.float32)}],
+      [{"video": pixels(5, 40, 40, 3)}],
+      [{"image": png}, {"text": "what colour is the shape?"}],
+      [{"text": "listen"}, {"audio": wav}, {"video": npy}, {"image": pixels(8, 8, 3)}],
+      [{"text": "a caption"}, {"image": pixels(32, 32, 3)}, {"text": "and a second caption"}],
+  ]
+
+
+def _framework_embeddings(encoder, model_cfg, inputs, task_string=None):
+  """The reference: gemb.data featurisation + packing, then the nnx Encoder."""
+  side = features.pack_raw_inputs(inputs, model_cfg, truncate=False, task_string=task_string)
+  return np.asarray(nnx.jit(lambda model, side: model(side))(encoder, side))
+
+
+STANDALONE = textwrap.dedent("""
+    import pickle, sys
+    import numpy as np
+    import gemb.serve
+    with open(sys.argv[2], "rb") as f:
+      inputs = pickle.load(f)
+    embedder = gemb.serve.load(sys.argv[1])
+    full = embedder.embed(inputs)
+    prefix = embedder.embed(inputs, mrl_dim=16)
+    task = embedder.embed(inputs[:1], task_string="find the image")
+    forbidden = sorted(m for m in sys.modules if m.split(".")[0] in ("flax", "optax", "orbax")
+                       or m.startswith(("gemb.model", "gemb.train", "gemb.export")))
+    assert not forbidden, forbidden
+    np.savez(sys.argv[3], full=full, prefix=prefix, task=task)
+""")
+
+
+def test_standalone_embeddings_equal_the_framework_for_every_modality_and_mix(exported):
+  config, encoder, export_dir, tmp = exported
+  inputs = _raw_inputs(str(tmp))
+  with open(tmp / "inputs.pkl", "wb") as f:
+    pickle.dump(inputs, f)
+  result = subprocess.run(
+      [sys.executable, "-c", STANDALONE, export_dir, str(tmp / "inputs.pkl"), str(tmp / "out.npz")],
+      cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = np.load(tmp / "out.npz")
+
+  reference = _framework_embeddings(encoder, config.model, inputs)
+  print("max |standalone - framework| per input:", np.abs(out["full"] - reference).max(axis=1))
+  np.testing.assert_allclose(out["full"], reference, rtol=0, atol=1e-5)
+  prefix = np.asarray(mrl_prefixes(reference, [16])[0])
+  np.testing.assert_allclose(out["prefix"], prefix, rtol=0, atol=1e-5)
+  task = _framework_embeddings(encoder, config.model, inputs[:1],
+                               "find the image")
+  np.testing.assert_allclose(out["task"], task, rtol=0, atol=1e-5)
+  assert np.abs(out["task"] - out["full"][:1]).max() > 1e-3  # the task string matters
+
+
+def test_manifest_describes_the_model_limits_and_functions(exported):
+  config, _, export_dir, _ = exported
+  with open(os.path.join(export_dir, "manifest.json")) as f:
+    manifest = json.load(f)
+  model = config.model
+  assert manifest["model"]["embed_dim"] == model.embed_dim
+  assert manifest["model"]["mrl_dims"] == list(model.mrl_dims)
+  assert manifest["modalities"] == ["text", "image", "audio", "video"]
+  assert manifest["source"].endswith(os.path.join("finetune", "checkpoints", "7"))
+  limits = manifest["limits"]
+  assert (limits["max_parts"], limits["max_text_tokens"], limits["max_video_frames"]) == (
+      model.max_parts, model.max_text_tokens, model.max_video_frames)
+  # 25 ms windows every 10 ms: the last of max_audio_frames frames ends at this many seconds.
+  assert limits["max_audio_seconds"] == pytest.approx(((model.max_audio_frames - 1) * 0.010
+                                                       + 0.025))
+  assert [f["modalities"] for f in manifest["functions"]] == [
+      ["text"], ["text", "image"], ["text", "image", "audio", "video"]]
+  for function in manifest["functions"]:
+    assert os.path.exists(os.path.join(export_dir, function["file"]))
+    assert all(shape.split("[")[1].startswith("batch,") for shape in function["inputs"])
+  with np.load(os.path.join(export_dir, "weights.npz")) as weights:
+    assert sum(weights[k].size for k in weights.files) == manifest["model"]["parameters"]
+  assert {"jax", "numpy", "flax"} <= set(manifest["versions"])
+
+
+def test_export_refuses_params_of_another_model(exported, tmp_path):
+  config, encoder, _, _ = exported
+  _, params, _ = nnx.split(encoder, nnx.Param, ...)
+  other = model_presets.get_model_config("tiny")
+  other.depth = 3
+  with pytest.raises(ValueError, match="missing .*blocks/2"):
+    export_bundle.export_params(other, params, str(tmp_path / "bundle"))
+
+
+def test_export_settings_reject_unknown_keys():
+  config = _config()
+  config.export = {"max_batchsize": 8}
+  with pytest.raises(ValueError, match="config.export has unknown keys"):
+    export_bundle.export_settings(config)
