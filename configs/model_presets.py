@@ -41,7 +41,7 @@ def get_model_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.vocab_size = 264  # byte-level tokenizer needs >= 259 (0 = padding); 264 = 8 x 33 shards evenly
   c.max_parts = 8
   c.max_seq_len = 512 if tiny else 2048
-  c.max_text_tokens = 64 if tiny else 256
+  c.max_text_tokens = 192 if tiny else 256  # ToyWorld texts with a task string: < 180 bytes
   c.patch_size = 8 if tiny else 16
   c.max_image_size = (32, 32) if tiny else (224, 224)
   c.n_mels = 32 if tiny else 128

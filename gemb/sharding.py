@@ -49,17 +49,12 @@ def logical_axes(*names: str | None) -> dict[str, Any]:
   return {"out_sharding": tuple(names), "eager_sharding": False}
 
 
-def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Builds the ('data', 'fsdp', 'tensor') mesh from `config.mesh`.
+def mesh_shape(mesh_cfg: Mapping[str, int], device_count: int) -> dict[str, int]:
+  """The ('data', 'fsdp', 'tensor') sizes of `config.mesh` on `device_count` devices.
 
-  Args:
-    mesh_cfg: sizes for 'data', 'fsdp', 'tensor' (missing = 1); at most one may be -1, which
-      takes all remaining devices.
-    devices: the devices to use (default: all of `jax.devices()`).
-  Raises:
-    ValueError naming the config keys when the sizes cannot tile the devices.
+  Missing axes are 1; at most one may be -1, which takes all remaining devices.
+  Raises ValueError naming the config keys when the sizes cannot tile the devices.
   """
-  devices = list(jax.devices() if devices is None else devices)
   unknown = set(mesh_cfg) - set(MESH_AXES)
   if unknown:
     raise ValueError(f"config.mesh has unknown axes {sorted(unknown)}; known: {MESH_AXES}")
@@ -70,15 +65,27 @@ def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None 
     raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: sizes must be positive or -1")
   fixed = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
-    if len(devices) % fixed:
+    if device_count % fixed:
       raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: the fixed axes multiply to "
-                       f"{fixed}, which does not divide the {len(devices)} devices")
-    sizes[sizes.index(-1)] = len(devices) // fixed
-  if math.prod(sizes) != len(devices):
+                       f"{fixed}, which does not divide the {device_count} devices")
+    sizes[sizes.index(-1)] = device_count // fixed
+  if math.prod(sizes) != device_count:
     raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
-                     f"devices but {len(devices)} are available; set one axis to -1 to fill")
+                     f"devices but {device_count} are available; set one axis to -1 to fill")
+  return dict(zip(MESH_AXES, sizes))
+
+
+def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Builds the ('data', 'fsdp', 'tensor') mesh from `config.mesh` (see `mesh_shape`).
+
+  Args:
+    mesh_cfg: sizes for 'data', 'fsdp', 'tensor'.
+    devices: the devices to use (default: all of `jax.devices()`).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = tuple(mesh_shape(mesh_cfg, len(devices)).values())
   auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+  return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices)
 
 
 def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int],

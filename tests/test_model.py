@@ -232,12 +232,17 @@ def test_dropout_only_in_training(cfg, model):
   drop_model = Encoder(drop_cfg, rngs=nnx.Rngs(0))
   nnx.update(drop_model, nnx.state(model, nnx.Param))
   side = pack_inputs([[text(7)], [text(30)]], layout(cfg, text=1))
-  train = nnx.jit(lambda m, s: m(s, deterministic=False))
+  train = nnx.jit(lambda m, s, key: m(s, deterministic=False, dropout_key=key))
   np.testing.assert_allclose(np.asarray(embed(drop_model, side)), np.asarray(embed(model, side)),
                              atol=1e-6)
-  first, second = np.asarray(train(drop_model, side)), np.asarray(train(drop_model, side))
+  first = np.asarray(train(drop_model, side, jax.random.key(1)))
+  again = np.asarray(train(drop_model, side, jax.random.key(1)))
+  second = np.asarray(train(drop_model, side, jax.random.key(2)))
   assert np.abs(first - np.asarray(embed(model, side))).max() > 1e-3
-  assert np.abs(first - second).max() > 1e-3  # a fresh dropout mask each call
+  np.testing.assert_array_equal(first, again)  # the key alone decides the mask
+  assert np.abs(first - second).max() > 1e-3  # another key, another mask
+  with pytest.raises(ValueError, match="dropout_key"):
+    drop_model(side, deterministic=False)
 
 
 def _matmul_flops(jaxpr) -> int:

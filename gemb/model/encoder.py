@@ -58,12 +58,15 @@ class Attention(nnx.Module):
     out_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
                                                  in_axis=(0, 1), out_axis=2)
 
-    def projection():  # [B, N, D] -> [B, N, H, K]
-      return nnx.Einsum("bnd,dhk->bnhk", (cfg.width, heads, head_dim), (heads, head_dim),
+    def projection(bias: bool = True):  # [B, N, D] -> [B, N, H, K]
+      return nnx.Einsum("bnd,dhk->bnhk", (cfg.width, heads, head_dim),
+                        (heads, head_dim) if bias else None,
                         dtype=dtype, kernel_init=qkv_init, rngs=rngs,
                         kernel_metadata=logical_axes("embed", "heads", "kv"),
                         bias_metadata=logical_axes("heads", "kv"))
-    self.query, self.key, self.value = projection(), projection(), projection()
+    # No key bias: it adds the same q.b to every logit of a query's row, which the softmax
+    # ignores, so its gradient is zero and an optimizer would only amplify rounding noise.
+    self.query, self.key, self.value = projection(), projection(bias=False), projection()
     self.out = nnx.Einsum("bnhk,hkd->bnd", (heads, head_dim, cfg.width), (cfg.width,),
                           dtype=dtype, kernel_init=out_init, rngs=rngs,
                           kernel_metadata=logical_axes("heads", "kv", "embed"),
@@ -115,12 +118,12 @@ class Block(nnx.Module):
     self.attention = Attention(cfg, dtype, rngs=rngs)
     self.mlp_norm = _layer_norm(cfg, dtype, rngs)
     self.mlp = Mlp(cfg, dtype, rngs=rngs)
-    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout)  # keys come with each call (see Encoder.__call__)
 
-  def __call__(self, x, mask, deterministic: bool):
+  def __call__(self, x, mask, deterministic: bool, rngs: nnx.Rngs | None = None):
     x = x + self.dropout(self.attention(self.attention_norm(x), mask),
-                         deterministic=deterministic)
-    x = x + self.dropout(self.mlp(self.mlp_norm(x)), deterministic=deterministic)
+                         deterministic=deterministic, rngs=rngs)
+    x = x + self.dropout(self.mlp(self.mlp_norm(x)), deterministic=deterministic, rngs=rngs)
     return constrain(x, ("batch", "length", None))
 
 
@@ -140,8 +143,17 @@ class Encoder(nnx.Module):
                                  kernel_metadata=logical_axes("embed", "projection"),
                                  bias_metadata=logical_axes("projection"))
 
-  def __call__(self, side: dict, *, deterministic: bool = True) -> jax.Array:
+  def __call__(self, side: dict, *, deterministic: bool = True,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """Embeds a packed side. With deterministic=False and dropout > 0, `dropout_key` (a PRNG key)
+    draws the dropout masks: the model holds no RNG state, so a train step is a pure function of
+    (params, batch, key) under any jax transform."""
     inputs.check_side(side, self.cfg)
+    rngs = None
+    if not deterministic and self.cfg.dropout > 0:
+      if dropout_key is None:
+        raise ValueError("Encoder: deterministic=False with dropout > 0 needs a dropout_key")
+      rngs = nnx.Rngs(dropout=dropout_key)
     streams = [self.stems[m](side) for m in inputs.present_modalities(side)]
     x = jnp.concatenate([tokens for tokens, _, _ in streams], axis=1)  # [B, N, D]
     mask = jnp.concatenate([mask for _, mask, _ in streams], axis=1)  # [B, N]
@@ -150,7 +162,7 @@ class Encoder(nnx.Module):
     x = constrain(x, ("batch", "length", None))
 
     def apply_block(block, x, mask):
-      return block(x, mask, deterministic)
+      return block(x, mask, deterministic, rngs)
     if self.cfg.remat:
       apply_block = nnx.remat(apply_block)
     for block in self.blocks:

@@ -1,0 +1,125 @@
+"""Distilling domain specialists into one universal model (issue 7), CPU-sized on ToyWorld.
+
+  python -m launch.main --config=configs/distill.py --workdir=runs/distill
+
+Four domains that differ in modality or style: captions -> images, programs -> images,
+captions -> sounds, captions -> videos. One specialist per domain is trained on it alone; the
+fused baseline (all domains, contrastive loss) and each distilled student (KL of in-batch
+similarity distributions; L2 of the similarities) get the same budget: `steps` batches of
+`batch_size` from the same domain mixture. Report: WORKDIR/distill/report.json and report.md.
+
+Arg 'tiny' shrinks everything to a seconds-long smoke run (two domains, a few steps).
+Any domain can also be a manifest or TFDS task: add `source='manifest'` (or 'tfds') to its
+config.domains entry and to its specialist's mixture, and set config.data.manifest /
+config.data.tfds (and config.eval.manifest for held-out examples in their own file).
+An outside model as a specialist: config.specialists.<domain> = dict(type='table', path=...)
+(a .npz of embeddings per example id; see gemb/distill/teachers.py).
+"""
+import ml_collections
+
+from configs import model_presets, recipe
+
+DOMAINS = ("text_to_image", "code_to_image", "text_to_audio", "text_to_video")
+
+
+def _model(tiny: bool) -> ml_collections.ConfigDict:
+  model = model_presets.get_model_config("tiny")
+  # Single-object ToyWorld captions are at most 70 bytes: 80 tokens hold every one whole.
+  model.max_text_tokens = 80
+  if tiny:
+    model.width, model.depth, model.num_heads, model.embed_dim = 32, 1, 2, 32
+    model.mrl_dims = [8, 32]
+  return model
+
+
+def _data(tiny: bool) -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict()
+  data.source = "toyworld"
+  data.seed = 0
+  data.toyworld_size = 256 if tiny else 4096  # training examples per domain
+  data.toyworld = {"count_weights": (1.0,)}  # one object per scene: short captions, fast to learn
+  # No task strings: each domain's queries already say what they are, and they would double
+  # the text the tiny model reads. Evaluation follows (no task strings either).
+  data.task_string_dropout = 1.0
+  data.worker_count = 0
+  data.prefetch = 2
+  data.on_bad_record = "raise"
+  return data
+
+
+def _optim(lr: float, warmup_steps: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      lr=lr, schedule="cosine", warmup_steps=warmup_steps, final_lr_fraction=0.05,
+      weight_decay=0.05, b1=0.9, b2=0.98, eps=1e-8, clip_norm=1.0, accumulate_steps=1))
+
+
+def train_config(rates: dict, steps: int, batch_size: int, tiny: bool, lr: float,
+                 warmup_steps: int, checkpoint_every: int) -> ml_collections.ConfigDict:
+  """A one-stage gemb training config (a specialist or the fused baseline)."""
+  c = recipe.recipe(model="tiny", lr=lr, checkpoint_every=checkpoint_every)
+  c.model = _model(tiny)
+  c.data = _data(tiny)
+  c.optim = _optim(lr, warmup_steps)
+  c.loss.temperature = 0.05
+  c.checkpoint.keep = 1
+  c.log_every = max(steps // 4, 1)
+  c.eval.suite = ""  # the distillation report evaluates every model on every domain itself
+  c.stage_order = ("train",)
+  c.stages = ml_collections.ConfigDict()
+  c.stages.train = ml_collections.ConfigDict(dict(
+      type="train", steps=steps, init="random", hard_negatives=False, eval_every=0,
+      mixture=recipe.mixture(rates, batch_size)))
+  return c
+
+
+def get_config(arg=None):
+  tiny = arg == "tiny"
+  if arg not in (None, "", "tiny"):
+    raise ValueError(f"configs/distill.py takes no arg or 'tiny', got {arg!r}")
+  domains = DOMAINS[:2] if tiny else DOMAINS
+  steps = 4 if tiny else 400  # the universal models' budget (fused and every student)
+  specialist_steps = 4 if tiny else 400
+  batch_size = 8 if tiny else 64
+  lr, warmup = 2e-3, (1 if tiny else 40)
+  checkpoint_every = 2 if tiny else 100
+
+  c = ml_collections.ConfigDict()
+  c.job = "distill"
+  c.seed = 0
+  c.model = _model(tiny)
+  c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+  c.data = _data(tiny)
+  c.domains = {d: {"rate": 1.0} for d in domains}
+  c.steps = steps
+  c.batch_size = batch_size
+  c.optim = _optim(lr, warmup)
+  c.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every, keep=1, async_save=True))
+  c.log_every = max(steps // 4, 1)
+  c.compilation_cache_dir = ""  # '' = WORKDIR/jax_cache
+  c.compilation_cache_min_seconds = 0.5
+
+  # Specialists: one gemb training config per domain (or dict(type='table', path=...)).
+  # 'on_the_fly' runs each frozen specialist on its batches; 'precomputed' first embeds every
+  # training example of its domain into DIR/specialists/<domain>/teacher_table.npz.
+  c.teacher_embeddings = "on_the_fly"
+  c.specialists = {d: ml_collections.ConfigDict(dict(type="gemb", train=train_config(
+      {d: 1.0}, specialist_steps, batch_size, tiny, lr, warmup, checkpoint_every)))
+                   for d in domains}
+  c.fusion = train_config({d: 1.0 for d in domains}, steps, batch_size, tiny, lr, warmup,
+                          checkpoint_every)
+
+  # Students: the loss is sum_term weights[term] * term over kl, l2, contrastive.
+  def student(**weights):
+    return ml_collections.ConfigDict(dict(
+        weights={"kl": 0.0, "l2": 0.0, "contrastive": 0.0, **weights},
+        teacher_temperature=0.05, student_temperature=0.05,  # the KL's softmax temperatures
+        contrastive_temperature=0.05, symmetric=True, mrl_weights=None))
+  c.students = ml_collections.ConfigDict()
+  c.students.kl = student(kl=1.0)
+  c.students.l2 = student(l2=1.0)
+
+  c.eval = ml_collections.ConfigDict(dict(
+      split="eval", num_candidates=32 if tiny else 512, ks=(1, 5, 10), batch_size=128,
+      manifest=""))
+  c.goal_margin = 0.02  # the goal: the KL student within 2 points of R@1 of every specialist
+  return c

@@ -1,0 +1,94 @@
+"""The Gemini Embedding recipe as a config: pre-finetuning -> fine-tuning -> model soup.
+
+`recipe(model, ...)` returns the whole ConfigDict; configs/smoke.py, configs/toyworld.py and the
+TPU/GPU-scale configs are this recipe at different sizes. Every number lives here or in the
+config that calls it, none in the code.
+"""
+import ml_collections
+
+from configs import model_presets
+
+# ToyWorld tasks by training stage. Pre-finetuning: large batches of noisy pairs, no hard
+# negatives. Fine-tuning: a task mixture with hard negatives, one task per batch.
+RETRIEVAL_TASKS = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_image",
+                   "text_to_video", "video_to_text", "image_question_to_answer", "code_to_image",
+                   "bitext", "sts", "classification")
+
+
+def mixture(rates: dict, batch_size: int) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(
+      {task: {"rate": float(rate), "batch_size": batch_size} for task, rate in rates.items()})
+
+
+def recipe(model: str = "tiny", prefinetune_steps: int = 1000, finetune_steps: int = 500,
+           prefinetune_batch: int = 256, finetune_batch: int = 64, lr: float = 1e-3,
+           soup_last: int = 3, checkpoint_every: int = 100) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.job = "train"
+  c.seed = 0
+  c.model = model_presets.get_model_config(model)
+  c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
+  # One program per train step (best on accelerators), or small programs per side layout,
+  # which compile several times faster when a mixture has many tasks (best on a CPU).
+  c.fused_step = False
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "toyworld"
+  c.data.seed = 0
+  c.data.worker_count = 0
+  c.data.prefetch = 2
+  c.data.task_string_dropout = 0.1
+  c.data.on_bad_record = "raise"
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.type = "nce"  # or "siglip"
+  c.loss.temperature = 0.05  # initial value when learned
+  c.loss.learn_temperature = True
+  c.loss.temperature_min = 0.01
+  c.loss.temperature_max = 1.0
+  c.loss.symmetric = True  # add the target->query direction (cross-modal pairs)
+  c.loss.block_size = 0  # 0: all gathered targets at once; N: blockwise in chunks of N
+  c.loss.mrl_weights = None  # None: uniform over model.mrl_dims
+  c.loss.siglip_bias = -10.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = lr
+  c.optim.schedule = "cosine"
+  c.optim.warmup_steps = 100
+  c.optim.final_lr_fraction = 0.05
+  c.optim.weight_decay = 0.05
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.eps = 1e-8
+  c.optim.clip_norm = 1.0
+  c.optim.accumulate_steps = 1
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every = checkpoint_every
+  c.checkpoint.keep = max(soup_last, 2)
+  c.checkpoint.async_save = True
+  c.log_every = 50
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.suite = "toyworld"
+  c.eval.split = "eval"
+  c.eval.num_candidates = 256
+  c.eval.batch_size = 128
+  c.eval.mrl = True
+  c.eval.quantized = True
+  c.eval.seed = 0
+
+  c.stage_order = ("prefinetune", "finetune", "soup")
+  c.stages = ml_collections.ConfigDict()
+  c.stages.prefinetune = ml_collections.ConfigDict(dict(
+      type="train", steps=prefinetune_steps, init="random", hard_negatives=False, eval_every=0,
+      mixture=mixture({task: 1.0 for task in RETRIEVAL_TASKS}, prefinetune_batch)))
+  c.stages.finetune = ml_collections.ConfigDict(dict(
+      type="train", steps=finetune_steps, init="previous", hard_negatives=True, eval_every=0,
+      optim={"lr": lr / 2, "warmup_steps": min(50, finetune_steps // 10)},
+      mixture=mixture({task: 1.0 for task in RETRIEVAL_TASKS}, finetune_batch)))
+  ingredients = [f"finetune:{finetune_steps - i * checkpoint_every}" for i in range(soup_last)]
+  c.stages.soup = ml_collections.ConfigDict(dict(
+      type="soup", ingredients=[i for i in ingredients if int(i.split(":")[1]) > 0],
+      weights=None))
+  return c

@@ -1,0 +1,243 @@
+"""The distillation experiment end to end: specialists -> fused baseline -> students -> report.
+
+  python -m launch.main --config=configs/distill.py --workdir=DIR
+
+  1. Specialists: one per domain (config.specialists[domain]): a gemb training run on that
+     domain alone (`type='gemb'`, its trainer config in `train`, trained into
+     DIR/specialists/<domain> by gemb.train.trainer), or an outside model's precomputed
+     embeddings (`type='table'`, `path` to a .npz, see gemb/distill/teachers.py).
+  2. Fusion baseline: one model trained with the contrastive loss on all domains' data
+     (config.fusion, a trainer config, into DIR/fusion), with the students' budget.
+  3. Students (config.students): one universal model each, distilled from the specialists with
+     its loss weights (KL of in-batch similarity distributions; L2 of the similarities), into
+     DIR/distill/<student>.
+  4. Every model's retrieval metrics on every domain's held-out data -> DIR/distill/report.json
+     ({metric: {model: {domain: value}}}) and DIR/distill/report.md (the table).
+
+Every training run resumes from its own checkpoints, so re-running the command after a crash
+continues where it stopped; finished runs are only reloaded.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from gemb import sharding
+from gemb.data import pipeline
+from gemb.distill import evaluation, teachers as teachers_lib, train as distill_train
+from gemb.train import checkpoints, metrics as metrics_lib, trainer
+
+SPECIALIST = "specialist"
+FUSION = "fusion"
+METRICS = ("R@1", "R@5", "R@10", "NDCG@10", "MRR@10")
+
+
+def enable_compilation_cache(config: ConfigDict, workdir: str) -> str:
+  """Turns on JAX's persistent compilation cache: the specialists, the fused model and the
+  students compile the same programs (same step for a batch layout, same forward for
+  evaluation), and a re-run compiles nothing. '' in config puts it in WORKDIR/jax_cache."""
+  directory = config.compilation_cache_dir or os.path.join(os.path.abspath(workdir), "jax_cache")
+  if jax.config.jax_compilation_cache_dir is None:
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                      float(config.compilation_cache_min_seconds))
+  return jax.config.jax_compilation_cache_dir
+
+
+def check_config(config: ConfigDict) -> None:
+  """Raises ValueError naming the key when the experiment is ill-posed (checked before training)."""
+  domains = list(config.domains)
+  if len(domains) < 1:
+    raise ValueError("config.domains is empty; name at least one task (domain)")
+  for domain in domains:
+    if domain not in config.specialists:
+      raise ValueError(f"config.specialists has no entry for domain {domain!r}")
+    spec = config.specialists[domain]
+    if spec.type == "gemb":
+      mixture = dict(spec.train.stages[spec.train.stage_order[-1]].mixture)
+      if set(mixture) != {domain}:
+        raise ValueError(f"config.specialists.{domain}.train: the last stage's mixture is "
+                         f"{sorted(mixture)}; a specialist trains on its domain {domain!r} alone")
+    elif spec.type != "table":
+      raise ValueError(f"config.specialists.{domain}.type={spec.type!r}: use 'gemb' or 'table'")
+  if config.teacher_embeddings not in ("on_the_fly", "precomputed"):
+    raise ValueError(f"config.teacher_embeddings={config.teacher_embeddings!r}: use "
+                     "'on_the_fly' or 'precomputed'")
+  # Same budget: the fused model trains on the students' batches for the students' steps.
+  fusion = config.fusion
+  if len(fusion.stage_order) != 1:
+    raise ValueError(f"config.fusion.stage_order={tuple(fusion.stage_order)}: the fused baseline "
+                     "is one training stage, like each student")
+  stage = fusion.stages[fusion.stage_order[0]]
+  want = distill_train.domain_mixture(config)
+  got = {name: dict(entry) for name, entry in stage.mixture.items()}
+  if got != want or int(stage.steps) != int(config.steps):
+    raise ValueError(f"config.fusion must have the students' budget: steps={config.steps} and "
+                     f"mixture {want}; it has steps={stage.steps} and mixture {got}")
+  if stage.get("hard_negatives", True):
+    raise ValueError("config.fusion's stage must set hard_negatives=False: students see no "
+                     "hard negatives, and the budget must be the same")
+  for name in config.students:
+    if name in (SPECIALIST, FUSION):
+      raise ValueError(f"config.students.{name}: the names {SPECIALIST!r} and {FUSION!r} are "
+                       "taken by the baselines")
+
+
+def _train(train_config: ConfigDict, workdir: str) -> str:
+  """Runs (or resumes) a gemb training run; returns its last stage's latest checkpoint."""
+  trainer.train_and_evaluate(train_config, workdir)
+  return checkpoints.resolve(train_config.stage_order[-1], workdir)
+
+
+def _training_examples(config: ConfigDict, domain: str) -> tuple[list, str | None]:
+  """Every training example of a domain (its source, as the student reads it) + task string."""
+  task = pipeline.make_tasks(config.data, config.model,
+                             {domain: distill_train.domain_mixture(config)[domain]},
+                             hard_negatives=False, where="config.domains")[domain]
+  task_string = task.task_string if evaluation.uses_task_strings(config.data) else None
+  return [task.source[i] for i in range(len(task.source))], task_string
+
+
+def specialist(config: ConfigDict, workdir: str, domain: str, mesh):
+  """(teacher for training, embed for evaluation or None) of one domain's specialist."""
+  spec = config.specialists[domain]
+  if spec.type == "table":
+    table = teachers_lib.TableTeacher.from_file(spec.path, mesh)
+    return table, table.embed
+  directory = os.path.join(workdir, "specialists", domain)
+  path = _train(spec.train, directory)
+  encoder = teachers_lib.EncoderTeacher.from_checkpoint(
+      spec.train.model, spec.train.seed, path, mesh, eval_batch_size=config.eval.batch_size)
+  if config.teacher_embeddings == "on_the_fly":
+    return encoder, encoder.embed
+  table_path = os.path.join(directory, "teacher_table.npz")
+  if not os.path.exists(table_path):
+    examples, task_string = _training_examples(config, domain)
+    ids, embeddings = teachers_lib.precompute_table(
+        lambda inputs: encoder.embed(inputs, None), examples, task_string,
+        batch_size=config.eval.batch_size)
+    if jax.process_index() == 0:
+      teachers_lib.save_table(table_path, ids, embeddings)
+  return teachers_lib.TableTeacher.from_file(table_path, mesh), encoder.embed
+
+
+def _averages(table: dict) -> dict:
+  return {model: float(np.mean(list(values.values()))) for model, values in table.items()
+          if values and all(v is not None for v in values.values())}
+
+
+def _goal(report: dict, students, margin: float) -> dict:
+  """Per student: its R@1 gap to each specialist (specialist - student) and the issue's goal."""
+  r1 = report["R@1"]
+  out = {"margin": margin}
+  for name in students:
+    gaps = {d: (None if r1[SPECIALIST].get(d) is None else r1[SPECIALIST][d] - r1[name][d])
+            for d in r1[name]}
+    known = [g for g in gaps.values() if g is not None]
+    out[name] = {
+        "gap_to_specialist": gaps,
+        "within_margin": {d: (None if g is None else bool(g <= margin)) for d, g in gaps.items()},
+        "within_margin_on_every_domain": bool(known) and len(known) == len(gaps) and all(
+            g <= margin for g in known),
+        "ahead_of_fusion_on_average": bool(
+            report["average"]["R@1"][name] > report["average"]["R@1"][FUSION]),
+    }
+  return out
+
+
+def markdown_table(report: dict, metric: str = "R@1") -> str:
+  """Domains x models table of one metric (plus the average row)."""
+  table = report[metric]
+  models = list(table)
+  domains = list(table[FUSION])
+  fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+  lines = [f"| {metric} (%) | " + " | ".join(models) + " |",
+           "|---|" + "---:|" * len(models)]
+  for domain in domains:
+    lines.append(f"| {domain} | " + " | ".join(fmt(table[m].get(domain)) for m in models) + " |")
+  averages = report["average"][metric]
+  lines.append("| **average** | " + " | ".join(fmt(averages.get(m)) for m in models) + " |")
+  return "\n".join(lines)
+
+
+def run(config: ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) the whole experiment; returns the report (also DIR/distill/report.json)."""
+  start = time.perf_counter()
+  load_start = os.getloadavg()
+  cache = enable_compilation_cache(config, workdir)
+  check_config(config)
+  mesh = sharding.make_mesh(config.mesh)
+  out_dir = os.path.join(workdir, "distill")
+  writer = metrics_lib.MetricWriter(out_dir, enabled=jax.process_index() == 0)
+  timings = {}
+
+  teachers, specialist_embeds = {}, {}
+  for domain in config.domains:
+    tick = time.perf_counter()
+    teachers[domain], specialist_embeds[domain] = specialist(config, workdir, domain, mesh)
+    timings[f"specialist/{domain}"] = time.perf_counter() - tick
+
+  tick = time.perf_counter()
+  fusion_path = _train(config.fusion, os.path.join(workdir, FUSION))
+  timings[FUSION] = time.perf_counter() - tick
+
+  student_paths = {}
+  for name in config.students:
+    tick = time.perf_counter()
+    student_paths[name] = distill_train.train_student(config, out_dir, name, teachers, mesh,
+                                                      writer)
+    timings[f"student/{name}"] = time.perf_counter() - tick
+
+  tick = time.perf_counter()
+  domain_evals = evaluation.build(config, config.domains)
+  ks = tuple(config.eval.ks)
+  results = {SPECIALIST: {}}
+  for domain, task in domain_evals.items():
+    try:
+      results[SPECIALIST][domain] = task.metrics(specialist_embeds[domain], ks)
+    except KeyError as e:  # an outside teacher's table without the evaluation examples
+      print(f"specialist {domain}: not evaluated, reported as null: {e}", flush=True)
+      results[SPECIALIST][domain] = None
+  universal = {FUSION: (config.fusion.model, config.fusion.seed, fusion_path)}
+  universal.update({name: (config.model, config.seed, path) for name, path in student_paths.items()})
+  for model, (model_cfg, seed, path) in universal.items():
+    encoder = teachers_lib.EncoderTeacher.from_checkpoint(
+        model_cfg, seed, path, mesh, eval_batch_size=config.eval.batch_size)
+    results[model] = {domain: task.metrics(encoder.embed, ks)
+                      for domain, task in domain_evals.items()}
+  timings["evaluation"] = time.perf_counter() - tick
+
+  metric_names = [f"R@{k}" for k in ks] + ["NDCG@10", "MRR@10"]
+  report = {metric: {model: {d: (None if m is None else m[metric]) for d, m in per.items()}
+                     for model, per in results.items()} for metric in metric_names}
+  report["average"] = {metric: _averages(report[metric]) for metric in metric_names}
+  report["goal"] = _goal(report, list(config.students), float(config.goal_margin))
+  timings["total"] = time.perf_counter() - start
+  report["budget"] = {
+      "steps": int(config.steps), "batch_size": int(config.batch_size),
+      "specialist_steps": {d: (int(config.specialists[d].train.stages[
+          config.specialists[d].train.stage_order[-1]].steps)
+          if config.specialists[d].type == "gemb" else None) for d in config.domains},
+      "teacher_embeddings": config.teacher_embeddings}
+  report["num_eval_queries"] = {d: len(task.queries) for d, task in domain_evals.items()}
+  report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+  report["machine"] = {"devices": jax.device_count(), "platform": jax.default_backend(),
+                       "cpu_count": os.cpu_count(), "load_average_start": load_start,
+                       "load_average_end": os.getloadavg(), "compilation_cache": cache}
+  report["command"] = " ".join(sys.argv)
+  if jax.process_index() == 0:
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+      json.dump(report, f, indent=2)
+    table = markdown_table(report)
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+      f.write(table + "\n")
+    print(f"\n## distillation: per-domain R@1\n\n{table}\n", flush=True)
+    print(json.dumps(report["goal"], indent=2), flush=True)
+  writer.close()
+  return report

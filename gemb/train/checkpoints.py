@@ -1,0 +1,112 @@
+"""Orbax checkpoints of a stage: train state + data iterator state, saved together, atomically.
+
+Layout: WORKDIR/<stage>/checkpoints/<step>/{params, train, data}. Orbax writes each step to a temporary
+folder and renames it when complete, so a run killed at any moment (kill -9) leaves only whole
+checkpoints, and `latest_step` never sees a partial one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def stage_dir(workdir: str, stage: str) -> str:
+  return os.path.join(os.path.abspath(workdir), stage, "checkpoints")
+
+
+def make_manager(directory: str, every: int, keep: int, async_save: bool = True
+                 ) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=every, max_to_keep=keep, create=True,
+      enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
+
+
+# The encoder's params apart from the rest of the train state, so that soups, evaluation, export
+# and "start from this checkpoint" read the encoder alone, whatever optimizer trained it.
+ITEMS = ("params", "train", "data")
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dict,
+         force: bool = False) -> bool:
+  """Saves (asynchronously) if `step` is due under the manager's interval, or if `force`.
+
+  `state` is the train state dict {"params": {"encoder": ..., loss params}, "opt_state", ...};
+  a soup passes {"params": {"encoder": ...}} alone.
+  """
+  train = {k: v for k, v in state.items() if k != "params"}
+  train["loss_params"] = {k: v for k, v in state["params"].items() if k != "encoder"}
+  return manager.save(step, force=force, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state["params"]["encoder"]),
+      train=ocp.args.StandardSave(train), data=ocp.args.JsonSave(data_state)))
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict) -> tuple[dict, dict]:
+  """Restores (state, data_state) of `step` into the shardings of `abstract_state`."""
+  train = {k: v for k, v in abstract_state.items() if k != "params"}
+  train["loss_params"] = {k: v for k, v in abstract_state["params"].items() if k != "encoder"}
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract_state["params"]["encoder"]),
+      train=ocp.args.StandardRestore(train), data=ocp.args.JsonRestore()))
+  train = dict(restored.train)
+  params = {"encoder": restored.params, **train.pop("loss_params")}
+  return {"params": params, **train}, restored.data
+
+
+def resolve(reference: str, workdir: str) -> str:
+  """A checkpoint reference -> the folder of one step's checkpoint.
+
+  `reference` is `<stage>` (its latest step in this workdir), `<stage>:<step>`, or a path to a
+  step folder (`.../checkpoints/<step>`) or to a stage's checkpoints folder (its latest step).
+  """
+  if os.path.sep in reference or os.path.isdir(reference):
+    path = os.path.abspath(reference)
+    if os.path.isdir(os.path.join(path, "params")):
+      return path
+    if os.path.isdir(path):
+      steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+      if steps:
+        return os.path.join(path, str(steps[-1]))
+    raise FileNotFoundError(f"checkpoint {reference!r}: no checkpoint found at {path} "
+                            f"(expected a folder with a 'params' item or numbered step folders)")
+  stage, _, step = reference.partition(":")
+  directory = stage_dir(workdir, stage)
+  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+  if not steps:
+    raise FileNotFoundError(f"checkpoint {reference!r}: stage {stage!r} has no checkpoints in "
+                            f"{directory}; train that stage first or give a path")
+  if step:
+    if int(step) not in steps:
+      raise FileNotFoundError(f"checkpoint {reference!r}: no step {step} in {directory}; "
+                              f"available steps: {steps}")
+    return os.path.join(directory, str(int(step)))
+  return os.path.join(directory, str(steps[-1]))
+
+
+def load_params(path: str, abstract_params: Any) -> Any:
+  """Loads the encoder params of one step's checkpoint folder into `abstract_params`' shardings."""
+  item = os.path.join(path, "params")
+  if not os.path.isdir(item):
+    raise FileNotFoundError(f"{path} is not a gemb checkpoint step folder (no 'params' item)")
+  return ocp.StandardCheckpointer().restore(item, abstract_params)
+
+
+def average_params(params: Sequence[Any], weights: Sequence[float] | None = None) -> Any:
+  """Model soup: the weighted average of parameter trees (uniform when `weights` is None)."""
+  if not params:
+    raise ValueError("average_params needs at least one parameter tree")
+  weights = np.full(len(params), 1.0 / len(params)) if weights is None else np.asarray(
+      weights, np.float64)
+  if len(weights) != len(params) or (weights < 0).any() or weights.sum() <= 0:
+    raise ValueError(f"soup weights {list(weights)} must be {len(params)} non-negative numbers "
+                     "with a positive sum")
+  weights = weights / weights.sum()
+  return jax.tree.map(
+      lambda *leaves: sum(jnp.asarray(w, leaf.dtype) * leaf for w, leaf in zip(weights, leaves)),
+      *params)

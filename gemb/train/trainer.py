@@ -1,0 +1,213 @@
+"""The staged trainer: every stage of the config in order, resumable, then the evaluation table.
+
+Resume order for a training stage (big_vision's): its own latest checkpoint in the workdir (an
+interrupted run continues on exactly the next batch), else its `init`: 'random', 'previous'
+(the last checkpoint of the stage before), or a checkpoint reference ('stage', 'stage:step',
+or a path, also from another run). A soup stage averages the parameters of its ingredients.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+from ml_collections import ConfigDict
+
+from gemb import sharding
+from gemb.model.encoder import Encoder
+from gemb.model.flops import encoder_flops
+from gemb.train import checkpoints, config_check, evaluation, metrics as metrics_lib, optim, step
+from gemb.data import pipeline
+
+
+def stage_config(config: ConfigDict, name: str) -> tuple[ConfigDict, ConfigDict]:
+  """The stage's optim and loss configs: the global ones with the stage's overrides on top."""
+  stage = config.stages[name]
+  optim_cfg = ConfigDict(config.optim.to_dict())
+  optim_cfg.update(stage.get("optim", {}) or {})
+  loss_cfg = ConfigDict(config.loss.to_dict())
+  loss_cfg.update(stage.get("loss", {}) or {})
+  return optim_cfg, loss_cfg
+
+
+def abstract_model(config: ConfigDict):
+  """(graphdef, abstract params, abstract rest) of the encoder, nothing allocated."""
+  model = nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(config.seed)))
+  return nnx.split(model, nnx.Param, ...)
+
+
+def init_params(config: ConfigDict, loss_cfg: ConfigDict, mesh) -> tuple:
+  """Random encoder params and rest, born sharded, plus the loss's own parameters."""
+  model = sharding.create_sharded(
+      lambda: Encoder(config.model, rngs=nnx.Rngs(config.seed)), mesh)
+  graphdef, encoder_params, rest = nnx.split(model, nnx.Param, ...)
+  params = {"encoder": encoder_params}
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  if loss_cfg.learn_temperature:
+    params["log_temperature"] = jax.device_put(
+        jnp.log(jnp.asarray(loss_cfg.temperature, jnp.float32)), replicated)
+  if loss_cfg.type == "siglip":
+    params["bias"] = jax.device_put(jnp.asarray(loss_cfg.siglip_bias, jnp.float32), replicated)
+  return graphdef, params, rest
+
+
+def _on_mesh(x: jax.Array, mesh) -> jax.sharding.NamedSharding:
+  """x's sharding if it is already on `mesh`, else replicated on it (optimizer counters, step)."""
+  if isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh:
+    return x.sharding
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_flops: float,
+                previous: str | None) -> str:
+  """Trains (or resumes) one stage; returns the path of its last checkpoint."""
+  stage = config.stages[name]
+  optim_cfg, loss_cfg = stage_config(config, name)
+  total_steps = int(stage.steps)
+  tx, schedule = optim.make_optimizer(optim_cfg, total_steps // optim_cfg.accumulate_steps)
+  graphdef, params, rest = init_params(config, loss_cfg, mesh)
+  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
+           "step": jnp.zeros((), jnp.int32),
+           "rng": jax.random.PRNGKey(stage.get("seed", config.seed))}
+  state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
+  state = jax.device_put(state, state_shardings)
+
+  manager = checkpoints.make_manager(checkpoints.stage_dir(workdir, name),
+                                     every=config.checkpoint.every, keep=config.checkpoint.keep,
+                                     async_save=config.checkpoint.async_save)
+  data = pipeline.train_iterator(config, name)
+  start = manager.latest_step()
+  if start is not None:
+    state, data_state = checkpoints.restore(manager, start, _abstract(state))
+    data.set_state(data_state)
+    logging.info("stage %s: resuming at step %d", name, start)
+    if start >= total_steps:
+      manager.close()
+      return os.path.join(checkpoints.stage_dir(workdir, name), str(start))
+  else:
+    start = 0
+    init = stage.get("init", "random")
+    if init != "random":
+      source = previous if init == "previous" else checkpoints.resolve(init, workdir)
+      state["params"]["encoder"] = _load_encoder(source, state["params"])
+      logging.info("stage %s: starting from %s", name, source)
+
+  train_step = make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh,
+                               state_shardings)
+
+  is_main = jax.process_index() == 0
+  window_start, window_examples, window_flops = time.perf_counter(), 0, 0.0
+  for current in range(start, total_steps):
+    task, host_batch = next(data)
+    batch = sharding.shard_batch(host_batch, mesh)
+    with jax.set_mesh(mesh):  # activations are constrained by logical names inside the model
+      state, step_metrics = train_step(state, batch)
+    window_examples += batch["query_id"].shape[0]
+    window_flops += 3.0 * sum(encoder_flops(config.model, jax.tree.map(jnp.shape, batch[k]))
+                              for k in ("query", "positive", "negative") if k in batch)
+    done = current + 1
+    checkpoints.save(manager, done, state, data.get_state(), force=done == total_steps)
+    if done % config.log_every == 0 or done == total_steps:
+      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+      if not np.isfinite(values["loss"]):
+        raise FloatingPointError(f"stage {name} step {done}: loss is {values['loss']} "
+                                 f"(task {task}); the last good checkpoint is kept")
+      elapsed = time.perf_counter() - window_start
+      steps_in_window = done - max(start, done - config.log_every) or 1
+      values.update(steps_per_s=steps_in_window / elapsed, examples_per_s=window_examples / elapsed,
+                    mfu=window_flops / elapsed / (peak_flops * jax.device_count()))
+      values.update({f"data/{k}": v for k, v in data.metrics().items()})
+      writer.write(done, values, stage=name)
+      if is_main:
+        print(metrics_lib.progress_line(name, done, total_steps, values), flush=True)
+      window_start, window_examples, window_flops = time.perf_counter(), 0, 0.0
+    every = stage.get("eval_every", 0)
+    if every and done % every == 0 and done != total_steps:
+      evaluation.run(config, workdir, graphdef, state["params"]["encoder"], state["rest"], mesh,
+                     name=f"{name}_step{done}", step=done, writer=writer, stage=name)
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(checkpoints.stage_dir(workdir, name), str(total_steps))
+
+
+def make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh, state_shardings):
+  """step(state, batch) -> (state, metrics): fused into one program or compiled per side."""
+  kwargs = dict(graphdef=graphdef, loss_fn=step.make_loss(loss_cfg, config.model.mrl_dims, mesh),
+                tx=tx, schedule=schedule, loss_cfg=loss_cfg,
+                accumulate_steps=optim_cfg.accumulate_steps)
+  if config.fused_step:
+    return jax.jit(functools.partial(step.train_step, **kwargs), donate_argnums=0,
+                   out_shardings=(state_shardings, None))
+  return step.make_per_side_step(state_shardings=state_shardings, **kwargs)
+
+
+def _load_encoder(path: str, params: dict):
+  """The encoder params of checkpoint `path`, placed like `params['encoder']`."""
+  return checkpoints.load_params(path, _abstract(params["encoder"]))
+
+
+def soup_stage(config: ConfigDict, workdir: str, name: str, mesh, writer) -> str:
+  """Averages the ingredients' encoder params, evaluates each ingredient and the soup, saves it."""
+  stage = config.stages[name]
+  graphdef, params, rest = init_params(config, config.loss, mesh)
+  paths = [checkpoints.resolve(ref, workdir) for ref in stage.ingredients]
+  ingredients = [_load_encoder(path, params) for path in paths]
+  soup = checkpoints.average_params(ingredients, stage.get("weights"))
+  for ref, path, encoder in zip(stage.ingredients, paths, ingredients):
+    evaluation.run(config, workdir, graphdef, encoder, rest, mesh,
+                   name=f"{name}_ingredient_{ref.replace(os.path.sep, '_').replace(':', '_')}",
+                   writer=writer, stage=name)
+  manager = checkpoints.make_manager(checkpoints.stage_dir(workdir, name), every=1, keep=1,
+                                     async_save=False)
+  checkpoints.save(manager, 0, {"params": {"encoder": soup}}, {"ingredients": paths}, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(checkpoints.stage_dir(workdir, name), "0")
+
+
+def train_and_evaluate(config: ConfigDict, workdir: str, only_soups: bool = False) -> dict:
+  """Runs every stage in `config.stage_order` (resuming where the workdir left off), then the
+  final evaluation; returns the flat final metrics (also in WORKDIR/eval/final.json)."""
+  config_check.check(config, jax.device_count(), jax.process_count(),
+                     known_tasks=pipeline.known_tasks(config), workdir=workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  peak = metrics_lib.measure_matmul_peak()
+  logging.info("measured matmul peak: %.3g FLOP/s per device", peak)
+  last = None
+  for name in config.stage_order:
+    kind = config.stages[name].get("type", "train")
+    if kind == "soup":
+      last = soup_stage(config, workdir, name, mesh, writer)
+    elif not only_soups:
+      last = train_stage(config, workdir, name, mesh, writer, peak, previous=last)
+    else:
+      last = checkpoints.resolve(name, workdir)
+  final = evaluate_path(config, workdir, last, mesh, writer, name="final")
+  writer.close()
+  return final
+
+
+def evaluate_path(config, workdir, path, mesh, writer=None, name="final") -> dict:
+  graphdef, params, rest = init_params(config, config.loss, mesh)
+  encoder = _load_encoder(path, params)
+  return evaluation.run(config, workdir, graphdef, encoder, rest, mesh, name=name, writer=writer,
+                        stage="eval", checkpoint=path)
+
+
+def evaluate_checkpoint(config: ConfigDict, workdir: str, reference: str | None) -> dict:
+  """--mode=eval: evaluates a checkpoint (default: the last stage's latest) into eval/<name>.json."""
+  reference = reference or config.stage_order[-1]
+  path = checkpoints.resolve(reference, workdir)
+  mesh = sharding.make_mesh(config.mesh)
+  return evaluate_path(config, workdir, path, mesh, name="checkpoint_" + os.path.basename(path))
