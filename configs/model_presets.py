@@ -38,10 +38,11 @@ def get_model_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.embed_dim = embed_dim
   c.mrl_dims = [16, 32, 64] if tiny else [64, 128, 256, embed_dim]
   # Inputs: an input is a list of at most max_parts parts; the whole side is one sequence.
-  c.vocab_size = 264  # byte-level tokenizer needs >= 259 (0 = padding); 264 = 8 x 33 shards evenly
+  c.tokenizer = "bytes"  # or the path of a SentencePiece .model
+  c.vocab_size = 264  # byte-level: ids 3..258 are bytes + 3, 0 = padding, a few spare ids
   c.max_parts = 8
   c.max_seq_len = 512 if tiny else 2048
-  c.max_text_tokens = 192 if tiny else 256  # ToyWorld texts with a task string: < 180 bytes
+  c.max_text_tokens = 160 if tiny else 256  # ToyWorld texts with a task string: < 180 bytes
   c.patch_size = 8 if tiny else 16
   c.max_image_size = (32, 32) if tiny else (224, 224)
   c.n_mels = 32 if tiny else 128

@@ -70,7 +70,8 @@ def recipe(model: str = "tiny", prefinetune_steps: int = 1000, finetune_steps: i
   c.log_every = 50
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.suite = "toyworld"
+  c.eval.suite = "toyworld"  # or "manifest" (your data: every task as retrieval), "" for none
+  c.eval.manifest = ""  # the JSONL manifest of the "manifest" suite
   c.eval.split = "eval"
   c.eval.num_candidates = 256
   c.eval.batch_size = 128

@@ -2,6 +2,7 @@
 import pytest
 
 from configs import scale, smoke
+from configs import toyworld as toyworld_config
 from gemb.data import toyworld
 from gemb.train.config_check import ConfigError, check, mesh_shape
 
@@ -10,7 +11,8 @@ def _check(config, devices=8, processes=1, workdir=None):
   check(config, devices, processes, known_tasks=list(toyworld.TASKS), workdir=workdir)
 
 
-@pytest.mark.parametrize("get_config", [smoke.get_config, lambda: scale.get_config("B"),
+@pytest.mark.parametrize("get_config", [smoke.get_config, toyworld_config.get_config,
+                                        lambda: scale.get_config("B"),
                                         lambda: scale.get_config("S")])
 def test_shipped_configs_are_valid(get_config):
   _check(get_config())

@@ -3,39 +3,25 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from gemb import sharding
 from gemb.data import pipeline
-from gemb.train import optim, trainer
+from gemb.train import trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_config  # noqa: E402
-
-
-def _state_and_steps(config, mesh, stage):
-  optim_cfg, loss_cfg = trainer.stage_config(config, stage)
-  tx, schedule = optim.make_optimizer(optim_cfg, 10)
-  graphdef, params, rest = trainer.init_params(config, loss_cfg, mesh)
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
-           "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(0)}
-  shardings = jax.tree.map(lambda x: trainer._on_mesh(x, mesh), state)
-  steps = {}
-  for fused in (True, False):
-    config.fused_step = fused
-    steps[fused] = trainer.make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule,
-                                           mesh, shardings)
-  return jax.device_put(state, shardings), shardings, steps
 
 
 def test_per_side_step_equals_fused_step():
   config = tiny_config.get_config()
   config.model.dropout = 0.1  # both steps must draw the same dropout masks
   mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
-  state, shardings, steps = _state_and_steps(config, mesh, "finetune")
+  states, steps = {}, {}
+  for fused in (True, False):  # the same random init (same seed), two ways to step
+    config.fused_step = fused
+    _, states[fused], steps[fused] = trainer.init_train_state(config, "finetune", mesh)
   batches = pipeline.train_iterator(config, "finetune")
-  states = {fused: jax.tree.map(jnp.copy, state) for fused in (True, False)}
   for _ in range(2):
     task, host_batch = next(batches)
     assert "negative" in host_batch  # fine-tuning batches carry hard negatives

@@ -54,19 +54,10 @@ def examples_per_second(data_cfg, model_cfg, mixture, hard_negatives: bool, seco
 def make_train_step(config, stage: str):
   """The stage's train step and initial state on one device, built as gemb.train.trainer's
   train_stage builds them."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gemb import sharding  # pylint: disable=g-import-not-at-top
-  from gemb.train import optim, trainer  # pylint: disable=g-import-not-at-top
+  from gemb.train import trainer  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  optim_cfg, loss_cfg = trainer.stage_config(config, stage)
-  tx, schedule = optim.make_optimizer(optim_cfg, int(config.stages[stage].steps))
-  graphdef, params, rest = trainer.init_params(config, loss_cfg, mesh)
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
-           "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(config.seed)}
-  state_shardings = jax.tree.map(lambda x: trainer._on_mesh(x, mesh), state)  # pylint: disable=protected-access
-  state = jax.device_put(state, state_shardings)
-  train_step = trainer.make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh,
-                                       state_shardings)
+  _, state, train_step = trainer.init_train_state(config, stage, mesh)
   return mesh, train_step, state
 
 

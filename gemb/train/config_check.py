@@ -13,7 +13,7 @@ TOP_KEYS = {"job", "seed", "model", "mesh", "data", "loss", "optim", "checkpoint
 TRAIN_STAGE_KEYS = {"type", "steps", "init", "mixture", "hard_negatives", "optim", "loss",
                     "eval_every", "seed"}
 SOUP_STAGE_KEYS = {"type", "ingredients", "weights"}
-MIXTURE_KEYS = {"rate", "batch_size"}
+MIXTURE_KEYS = {"rate", "batch_size", "task_string", "source"}
 LOSS_KEYS = {"type", "temperature", "learn_temperature", "temperature_min", "temperature_max",
              "symmetric", "block_size", "mrl_weights", "siglip_bias"}
 

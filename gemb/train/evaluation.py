@@ -1,6 +1,7 @@
 """Evaluation inside a training run: the configured suite on the current encoder -> eval/<name>.json.
 
-`config.eval.suite` names the suite ('toyworld', or '' for none); results are flat
+`config.eval.suite` names the suite ('toyworld'; 'manifest' scores every task of the JSONL
+manifest `config.eval.manifest` as retrieval; '' for none); results are flat
 `"<suite>/<task>/<metric>"` keys, also written to metrics.jsonl, and printed as a table.
 """
 from __future__ import annotations
@@ -24,8 +25,12 @@ def build_suite(config: ConfigDict) -> dict:
       from gemb.evaluate import toyworld_suite
       _SUITES[key] = toyworld_suite.build(config.eval, config.model.mrl_dims,
                                           world=config.data.get("toyworld"))
+    elif config.eval.suite == "manifest":
+      from gemb.evaluate import manifest_suite
+      _SUITES[key] = manifest_suite.build(config.eval, config.model, config.model.mrl_dims)
     else:
-      raise ValueError(f"config.eval.suite={config.eval.suite!r}: use 'toyworld' or ''")
+      raise ValueError(f"config.eval.suite={config.eval.suite!r}: use 'toyworld', 'manifest' "
+                       "(with config.eval.manifest) or '' for none")
   return _SUITES[key]
 
 

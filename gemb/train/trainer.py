@@ -24,6 +24,7 @@ from gemb.model.encoder import Encoder
 from gemb.model.flops import encoder_flops
 from gemb.train import checkpoints, config_check, evaluation, metrics as metrics_lib, optim, step
 from gemb.data import pipeline
+from gemb.evaluate import report
 
 
 def stage_config(config: ConfigDict, name: str) -> tuple[ConfigDict, ConfigDict]:
@@ -72,15 +73,9 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
                 previous: str | None) -> str:
   """Trains (or resumes) one stage; returns the path of its last checkpoint."""
   stage = config.stages[name]
-  optim_cfg, loss_cfg = stage_config(config, name)
   total_steps = int(stage.steps)
-  tx, schedule = optim.make_optimizer(optim_cfg, total_steps // optim_cfg.accumulate_steps)
-  graphdef, params, rest = init_params(config, loss_cfg, mesh)
-  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
-           "step": jnp.zeros((), jnp.int32),
-           "rng": jax.random.PRNGKey(stage.get("seed", config.seed))}
-  state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
-  state = jax.device_put(state, state_shardings)
+  graphdef, state, train_step = init_train_state(config, name, mesh)
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
 
   manager = checkpoints.make_manager(checkpoints.stage_dir(workdir, name),
                                      every=config.checkpoint.every, keep=config.checkpoint.keep,
@@ -102,8 +97,6 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
       state["params"]["encoder"] = _load_encoder(source, state["params"])
       logging.info("stage %s: starting from %s", name, source)
 
-  train_step = make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh,
-                               state_shardings)
 
   is_main = jax.process_index() == 0
   window_start, window_examples, window_flops = time.perf_counter(), 0, 0.0
@@ -138,6 +131,26 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
   manager.wait_until_finished()
   manager.close()
   return os.path.join(checkpoints.stage_dir(workdir, name), str(total_steps))
+
+
+def init_train_state(config: ConfigDict, name: str, mesh):
+  """(graphdef, random-init train state placed on `mesh`, step function) of training stage `name`.
+
+  The state is {"params", "rest", "opt_state", "step", "rng"} (see gemb/train/step.py); the step
+  function maps (state, global batch) -> (state, metrics) and donates the state.
+  """
+  stage = config.stages[name]
+  optim_cfg, loss_cfg = stage_config(config, name)
+  tx, schedule = optim.make_optimizer(optim_cfg, int(stage.steps) // optim_cfg.accumulate_steps)
+  graphdef, params, rest = init_params(config, loss_cfg, mesh)
+  state = {"params": params, "rest": rest, "opt_state": tx.init(params),
+           "step": jnp.zeros((), jnp.int32),
+           "rng": jax.random.PRNGKey(stage.get("seed", config.seed))}
+  state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
+  state = jax.device_put(state, state_shardings)
+  train_step = make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh,
+                               state_shardings)
+  return graphdef, state, train_step
 
 
 def make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh, state_shardings):
@@ -195,7 +208,27 @@ def train_and_evaluate(config: ConfigDict, workdir: str, only_soups: bool = Fals
       last = checkpoints.resolve(name, workdir)
   final = evaluate_path(config, workdir, last, mesh, writer, name="final")
   writer.close()
+  if final and jax.process_index() == 0:
+    plot_run(config, workdir, final)
   return final
+
+
+def plot_run(config: ConfigDict, workdir: str, final: dict) -> None:
+  """WORKDIR/eval/{training.png, mrl.png}: losses and evaluations over (all stages') steps, and the
+  final retrieval R@1 against the MRL prefix dim."""
+  records, offset, last_stage, last_step = [], 0, None, 0
+  for record in metrics_lib.read_metrics(workdir):
+    if record["stage"] != last_stage:  # stages count steps from 0: lay them end to end
+      offset, last_stage = offset + last_step, record["stage"]
+    last_step = record["step"]
+    records.append((offset + record["step"], record))
+  r1 = sorted(k for k in final if k.endswith("/R@1"))
+  if records:
+    report.plot_over_steps(records, ["loss", "temperature", *r1],
+                           os.path.join(workdir, "eval", "training.png"), title="training")
+  if r1 and any("@dim=" in k for k in final):
+    report.plot_mrl(final, r1, os.path.join(workdir, "eval", "mrl.png"),
+                    full_dim=config.model.embed_dim, title="R@1 against embedding dim")
 
 
 def evaluate_path(config, workdir, path, mesh, writer=None, name="final") -> dict:
