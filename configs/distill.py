@@ -37,7 +37,10 @@ def _data(tiny: bool) -> ml_collections.ConfigDict:
   data.source = "toyworld"
   data.seed = 0
   data.toyworld_size = 256 if tiny else 4096  # training examples per domain
-  data.toyworld = {"count_weights": (1.0,)}  # one object per scene: short captions, fast to learn
+  data.toyworld = {
+      "count_weights": (1.0,),  # one object per scene: short captions, fast to learn
+      "audio_seconds": round(_model(tiny).max_audio_frames * 0.01, 2),  # what the model hears
+  }
   # No task strings: each domain's queries already say what they are, and they would double
   # the text the tiny model reads. Evaluation follows (no task strings either).
   data.task_string_dropout = 1.0

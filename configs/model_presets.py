@@ -42,7 +42,7 @@ def get_model_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.vocab_size = 264  # byte-level: ids 3..258 are bytes + 3, 0 = padding, a few spare ids
   c.max_parts = 8
   c.max_seq_len = 512 if tiny else 2048
-  c.max_text_tokens = 160 if tiny else 256  # ToyWorld texts with a task string: < 180 bytes
+  c.max_text_tokens = 64 if tiny else 256
   c.patch_size = 8 if tiny else 16
   c.max_image_size = (32, 32) if tiny else (224, 224)
   c.n_mels = 32 if tiny else 128

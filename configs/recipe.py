@@ -27,6 +27,8 @@ def recipe(model: str = "tiny", prefinetune_steps: int = 1000, finetune_steps: i
   c.job = "train"
   c.seed = 0
   c.model = model_presets.get_model_config(model)
+  if model == "tiny":  # byte tokens: a ToyWorld query with its task string is < 180 bytes
+    c.model.max_text_tokens = 160
   c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
   # One program per train step (best on accelerators), or small programs per side layout,
   # which compile several times faster when a mixture has many tasks (best on a CPU).
@@ -39,6 +41,8 @@ def recipe(model: str = "tiny", prefinetune_steps: int = 1000, finetune_steps: i
   c.data.prefetch = 2
   c.data.task_string_dropout = 0.1
   c.data.on_bad_record = "raise"
+  # ToyWorld sounds as long as the model hears (max_audio_frames at a 10 ms hop).
+  c.data.toyworld = {"audio_seconds": round(c.model.max_audio_frames * 0.01, 2)}
 
   c.loss = ml_collections.ConfigDict()
   c.loss.type = "nce"  # or "siglip"

@@ -10,5 +10,5 @@ def get_config(arg=None):
   # One batch size for both stages: the per-side programs compiled for pre-finetuning serve
   # fine-tuning too, which halves the compile time of this short run.
   return recipe.recipe(model="tiny", prefinetune_steps=150, finetune_steps=100,
-                       prefinetune_batch=32, finetune_batch=32, lr=2e-3, soup_last=2,
+                       prefinetune_batch=32, finetune_batch=32, lr=5e-4, soup_last=2,
                        checkpoint_every=50)

@@ -280,3 +280,36 @@ def test_domain_evaluation_equals_the_retrieval_evaluator(config, encoder_teache
   got = task.metrics(teacher.embed)
   for metric in ("R@1", "R@5", "NDCG@10", "MRR@10"):
     assert got[metric] == pytest.approx(want[metric]), metric
+
+
+# ----------------------------------------------------------------------------------
+# The experiment's checks and report.
+
+
+def test_fused_baseline_must_have_the_students_budget():
+  config = distill_config.get_config("tiny")
+  distill_run.check_config(config)  # the shipped config is consistent
+  config.fusion.stages.train.steps = config.steps + 1
+  with pytest.raises(ValueError, match="the students' budget"):
+    distill_run.check_config(config)
+  config = distill_config.get_config("tiny")
+  domain = next(iter(config.domains))
+  config.specialists[domain].train.stages.train.mixture = config.fusion.stages.train.mixture
+  with pytest.raises(ValueError, match="alone"):
+    distill_run.check_config(config)
+
+
+def test_goal_compares_each_student_with_the_specialists_and_the_fused_model():
+  r1 = {"specialist": {"a": 0.90, "b": 0.80}, "fusion": {"a": 0.50, "b": 0.90},
+        "kl": {"a": 0.89, "b": 0.70}, "l2": {"a": 0.95, "b": 0.79}}
+  report = {"R@1": r1, "average": {"R@1": distill_run._averages(r1)}}
+  assert report["average"]["R@1"] == pytest.approx(
+      {"specialist": 0.85, "fusion": 0.70, "kl": 0.795, "l2": 0.87})
+  goal = distill_run._goal(report, ["kl", "l2"], margin=0.02)
+  assert goal["kl"]["gap_to_specialist"] == pytest.approx({"a": 0.01, "b": 0.10})
+  assert goal["kl"]["within_margin"] == {"a": True, "b": False}
+  assert not goal["kl"]["within_margin_on_every_domain"]
+  assert goal["kl"]["ahead_of_fusion_on_average"]
+  assert goal["l2"]["within_margin_on_every_domain"] and goal["l2"]["ahead_of_fusion_on_average"]
+  table = distill_run.markdown_table(report)
+  assert "| a | 90.0 | 50.0 | 89.0 | 95.0 |" in table and "| **average** | 85.0" in table

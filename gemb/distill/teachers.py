@@ -23,6 +23,7 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -50,10 +51,28 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
   return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _initializer(model_cfg: ml_collections.FrozenConfigDict, mesh):
+  """(graphdef, init(key) -> sharded encoder state): one compilation per architecture and mesh,
+  whatever the seed (sharding.create_sharded compiles again for every seed and call)."""
+  make = lambda key: Encoder(model_cfg, rngs=nnx.Rngs(key))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
+  init = jax.jit(lambda key: nnx.state(make(key)),
+                 out_shardings=sharding.param_shardings(abstract, mesh))
+  return graphdef, init
+
+
+def init_encoder(model_cfg, seed: int, mesh) -> tuple[Any, Any, Any]:
+  """(graphdef, encoder params, rest) of a new encoder born sharded on `mesh`; the same
+  parameters as `Encoder(model_cfg, rngs=nnx.Rngs(seed))`."""
+  graphdef, init = _initializer(ml_collections.FrozenConfigDict(model_cfg), mesh)
+  model = nnx.merge(graphdef, init(jax.random.key(seed)))
+  return nnx.split(model, nnx.Param, ...)
+
+
 def load_encoder(model_cfg, seed: int, path: str, mesh) -> tuple[Any, Any, Any]:
   """(graphdef, encoder params, rest) of the gemb checkpoint step folder `path`, on `mesh`."""
-  model = sharding.create_sharded(lambda: Encoder(model_cfg, rngs=nnx.Rngs(seed)), mesh)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, params, rest = init_encoder(model_cfg, seed, mesh)
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
   return graphdef, checkpoints.load_params(path, abstract), rest

@@ -18,13 +18,11 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from ml_collections import ConfigDict
 
 from gemb import sharding
 from gemb.data import pipeline
-from gemb.distill import step as distill_step_lib
-from gemb.model.encoder import Encoder
+from gemb.distill import step as distill_step_lib, teachers as teachers_lib
 from gemb.train import checkpoints, metrics as metrics_lib, optim
 
 
@@ -36,8 +34,7 @@ def domain_mixture(config: ConfigDict) -> dict:
 
 def init_student(config: ConfigDict, mesh) -> tuple:
   """(graphdef, params {"encoder": ...}, rest) of a randomly initialised student on `mesh`."""
-  model = sharding.create_sharded(lambda: Encoder(config.model, rngs=nnx.Rngs(config.seed)), mesh)
-  graphdef, encoder, rest = nnx.split(model, nnx.Param, ...)
+  graphdef, encoder, rest = teachers_lib.init_encoder(config.model, config.seed, mesh)
   return graphdef, {"encoder": encoder}, rest
 
 

@@ -139,9 +139,10 @@ class Encoder(nnx.Module):
                                 **logical_axes("parts", "embed"))
     self.blocks = nnx.List([Block(cfg, dtype, rngs=rngs) for _ in range(cfg.depth)])
     self.final_norm = _layer_norm(cfg, dtype, rngs)
-    self.projection = nnx.Linear(cfg.width, cfg.embed_dim, rngs=rngs,
-                                 kernel_metadata=logical_axes("embed", "projection"),
-                                 bias_metadata=logical_axes("projection"))
+    # No bias (as in CLIP): a shared offset would only pull every embedding towards one
+    # direction, and the contrastive loss first falls by collapsing onto it.
+    self.projection = nnx.Linear(cfg.width, cfg.embed_dim, use_bias=False, rngs=rngs,
+                                 kernel_metadata=logical_axes("embed", "projection"))
 
   def __call__(self, side: dict, *, deterministic: bool = True,
                dropout_key: jax.Array | None = None) -> jax.Array:

@@ -15,6 +15,9 @@ from gemb.embed import make_embed_fn
 from gemb.evaluate import report, suite as suite_lib
 
 _SUITES = {}
+# The printed table; eval/<name>.json holds every metric (MRL prefixes, quantised, reverse).
+TABLE_COLUMNS = ("R@1", "R@10", "NDCG@10", "R@1@reverse", "spearman", "accuracy", "knn_accuracy",
+                 "v_measure", "ap", "map", "f1")
 
 
 def build_suite(config: ConfigDict) -> dict:
@@ -45,7 +48,8 @@ def run(config: ConfigDict, workdir: str, graphdef, encoder_params, rest, mesh, 
   if jax.process_index() == 0:
     report.write_json(results, workdir, name)
     title = f"evaluation {name}" + (f" ({checkpoint})" if checkpoint else "")
-    print(f"\n## {title}\n\n{report.markdown_table(results)}\n", flush=True)
+    table = report.markdown_table(results, columns=TABLE_COLUMNS, print_fn=None)
+    print(f"\n## {title}\n\n{table}\n", flush=True)
     if writer is not None and step is not None:
       writer.write(step, results, stage=stage)
   return results
