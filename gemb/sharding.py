@@ -186,3 +186,15 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return x
   return jax.lax.with_sharding_constraint(
       x, logical_to_spec(logical_axes, x.shape, dict(mesh.shape)))
+
+
+def sharding_on(x: jax.Array, mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  """x's sharding if it is already on `mesh`, else replicated on it (optimizer counters, step)."""
+  if isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh:
+    return x.sharding
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def abstract_like(tree):
+  """ShapeDtypeStructs with the shardings of `tree`'s arrays (a restore target for orbax)."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)

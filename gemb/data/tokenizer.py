@@ -6,6 +6,8 @@ Ids follow the data contract: 0 is padding and never produced, 1 = bos/cls, 2 = 
                  Every language and every string works, nothing to train.
   SentencePiece  config.model.tokenizer = "path/to/x.model", trained with pad_id=0 (as
                  `python -m launch.train_tokenizer` does); ids are the model's own ids.
+  "toyworld"     the shipped SentencePiece model of ToyWorld's texts (1024 BPE pieces, byte
+                 fallback): a caption is ~15 tokens instead of ~60 bytes.
 
 `encode` adds no bos/eos: an input is embedded by mean pooling, so no special token is needed.
 """
@@ -18,6 +20,16 @@ import numpy as np
 BYTE_OFFSET = 3  # ids 0, 1, 2 are padding, bos/cls, eos
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
+
+
+# Tokenizers shipped with gemb, by name: name -> .model path.
+SHIPPED = {"toyworld": os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "toyworld_tokenizer.model")}
+
+
+def resolve(name: str) -> str:
+  """The .model path of a shipped tokenizer's name; any other name as is."""
+  return SHIPPED.get(name, name)
 
 
 class ByteTokenizer:
@@ -80,7 +92,8 @@ def make_tokenizer(name: str = "bytes", vocab_size: int | None = None):
 
   Checks that every id it can produce fits `vocab_size` (config.model.vocab_size) if given.
   """
-  tokenizer = ByteTokenizer() if name in ("", "bytes") else SentencePieceTokenizer(name)
+  tokenizer = (ByteTokenizer() if name in ("", "bytes")
+               else SentencePieceTokenizer(resolve(name)))
   if vocab_size is not None and tokenizer.vocab_size > vocab_size:
     raise ValueError(f"tokenizer {name!r} produces ids up to {tokenizer.vocab_size - 1} but "
                      f"config.model.vocab_size={vocab_size}; set vocab_size >= "

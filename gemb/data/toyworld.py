@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from gemb.data import features
 from gemb.data.toyworld_scenes import (  # noqa: F401  (re-exported API)
     ASPECTS, ATTRIBUTES, CLASS_NAMES, COLOURS, DEFAULT_CONFIG, MOTIONS, POSITIONS, SHAPES,
     SIZES, SPLITS, VALUES, Obj, Scene, WorldConfig, attribute_overlap, class_label,
@@ -255,3 +256,21 @@ class ToyWorldSource:
   def __repr__(self) -> str:
     return (f"ToyWorldSource(task={self.task!r}, split={self.split!r}, size={self.size}, "
             f"seed={self.seed}, config={self.config!r})")
+
+
+def texts(split: str = "train", examples_per_task: int = 1000, seed: int = 0,
+          config: WorldConfig | Mapping[str, Any] | None = DEFAULT_CONFIG):
+  """Every text a training run on `split` reads, one string at a time: each task's text parts
+  of its first `examples_per_task` examples, queries also with their task string (as the
+  pipeline writes them). The corpus of the shipped ToyWorld tokenizer (launch/train_tokenizer.py).
+  """
+  for task, spec in TASKS.items():
+    for index in range(examples_per_task):
+      ex = example(task, split, index, seed, config)
+      for side in ("query", "positive", "negative"):
+        for part in ex.get(side) or ():
+          if "text" in part:
+            yield part["text"]
+            if side == "query":
+              yield features.TASK_STRING_FORMAT.format(task_string=spec.task_string,
+                                                       text=part["text"])

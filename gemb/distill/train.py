@@ -38,17 +38,6 @@ def init_student(config: ConfigDict, mesh) -> tuple:
   return graphdef, {"encoder": encoder}, rest
 
 
-def _on_mesh(x: jax.Array, mesh) -> jax.sharding.NamedSharding:
-  """x's sharding if it is on `mesh` (params), else replicated on it (step, optimizer counts)."""
-  if isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh:
-    return x.sharding
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def _shard(batch: dict, mesh) -> dict:
   return sharding.shard_batch(
       {key: batch[key] for key in ("query", "positive", "query_id", "positive_id")}, mesh)
@@ -70,7 +59,7 @@ def train_student(config: ConfigDict, workdir: str, name: str, teachers: Mapping
   graphdef, params, rest = init_student(config, mesh)
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
            "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(config.seed)}
-  state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
+  state_shardings = jax.tree.map(lambda x: sharding.sharding_on(x, mesh), state)
   state = jax.device_put(state, state_shardings)
   directory = checkpoints.stage_dir(workdir, name)
   manager = checkpoints.make_manager(directory, every=config.checkpoint.every,
@@ -80,7 +69,7 @@ def train_student(config: ConfigDict, workdir: str, name: str, teachers: Mapping
                                 hard_negatives=False, where="config.domains")
   start = manager.latest_step()
   if start is not None:
-    state, data_state = checkpoints.restore(manager, start, _abstract(state))
+    state, data_state = checkpoints.restore(manager, start, sharding.abstract_like(state))
     data.set_state(data_state)
     print(f"[{name}] resuming at step {start}", flush=True)
   start = start or 0

@@ -38,6 +38,7 @@ from jax import export as jax_export
 
 from gemb.data import audio as audio_lib
 from gemb.data import features
+from gemb.data import tokenizer as tokenizer_lib
 from gemb.model import inputs as model_inputs
 from gemb.model.encoder import Encoder
 from gemb.serve import bundle as serve_bundle
@@ -225,7 +226,7 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
   feature_settings = {k: (list(v) if isinstance(v, tuple) else v)
                       for k, v in dataclasses.asdict(feature_cfg).items() if k != "truncate"}
   if feature_cfg.tokenizer not in ("", "bytes"):
-    shutil.copyfile(feature_cfg.tokenizer, os.path.join(export_dir, serve_bundle.TOKENIZER))
+    shutil.copyfile(tokenizer_lib.resolve(feature_cfg.tokenizer), os.path.join(export_dir, serve_bundle.TOKENIZER))
     feature_settings["tokenizer"] = serve_bundle.TOKENIZER
   max_audio_samples = audio_lib.max_samples(
       model_cfg.max_audio_frames, feature_cfg.sample_rate, feature_cfg.audio_window_ms,

@@ -8,7 +8,6 @@ or a path, also from another run). A soup stage averages the parameters of its i
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 
@@ -58,24 +57,12 @@ def init_params(config: ConfigDict, loss_cfg: ConfigDict, mesh) -> tuple:
   return graphdef, params, rest
 
 
-def _on_mesh(x: jax.Array, mesh) -> jax.sharding.NamedSharding:
-  """x's sharding if it is already on `mesh`, else replicated on it (optimizer counters, step)."""
-  if isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh:
-    return x.sharding
-  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-
-
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
-
-
 def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_flops: float,
                 previous: str | None) -> str:
   """Trains (or resumes) one stage; returns the path of its last checkpoint."""
   stage = config.stages[name]
   total_steps = int(stage.steps)
   graphdef, state, train_step = init_train_state(config, name, mesh)
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
 
   manager = checkpoints.make_manager(checkpoints.stage_dir(workdir, name),
                                      every=config.checkpoint.every, keep=config.checkpoint.keep,
@@ -83,7 +70,7 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
   data = pipeline.train_iterator(config, name)
   start = manager.latest_step()
   if start is not None:
-    state, data_state = checkpoints.restore(manager, start, _abstract(state))
+    state, data_state = checkpoints.restore(manager, start, sharding.abstract_like(state))
     data.set_state(data_state)
     logging.info("stage %s: resuming at step %d", name, start)
     if start >= total_steps:
@@ -146,7 +133,7 @@ def init_train_state(config: ConfigDict, name: str, mesh):
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
            "step": jnp.zeros((), jnp.int32),
            "rng": jax.random.PRNGKey(stage.get("seed", config.seed))}
-  state_shardings = jax.tree.map(lambda x: _on_mesh(x, mesh), state)
+  state_shardings = jax.tree.map(lambda x: sharding.sharding_on(x, mesh), state)
   state = jax.device_put(state, state_shardings)
   train_step = make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh,
                                state_shardings)
@@ -166,7 +153,7 @@ def make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh, s
 
 def _load_encoder(path: str, params: dict):
   """The encoder params of checkpoint `path`, placed like `params['encoder']`."""
-  return checkpoints.load_params(path, _abstract(params["encoder"]))
+  return checkpoints.load_params(path, sharding.abstract_like(params["encoder"]))
 
 
 def soup_stage(config: ConfigDict, workdir: str, name: str, mesh, writer) -> str:
