@@ -36,7 +36,8 @@ def get_model_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.dtype = "float32" if tiny else "bfloat16"  # compute dtype; parameters stay float32
   # Output embedding and its Matryoshka prefixes.
   c.embed_dim = embed_dim
-  c.mrl_dims = [16, 32, 64] if tiny else [64, 128, 256, embed_dim]
+  # A tuple, so that `--config.model.mrl_dims="(32, 64)"` can override it.
+  c.mrl_dims = (16, 32, 64) if tiny else (64, 128, 256, embed_dim)
   # Inputs: an input is a list of at most max_parts parts; the whole side is one sequence.
   c.tokenizer = "bytes"  # or the path of a SentencePiece .model
   c.vocab_size = 264  # byte-level: ids 3..258 are bytes + 3, 0 = padding, a few spare ids

@@ -58,7 +58,9 @@ def main(argv):
     return
   if job != "train":
     raise app.UsageError(f"config.job={job!r}: use 'train', 'distill' or 'coldstart'")
+  from gemb import compilation_cache
   from gemb.train import trainer
+  compilation_cache.enable(config, FLAGS.workdir)
   if FLAGS.mode == "train":
     trainer.train_and_evaluate(config, FLAGS.workdir)
   elif FLAGS.mode == "soup":

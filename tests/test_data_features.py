@@ -126,6 +126,18 @@ def test_audio_over_the_limit_is_cut_or_rejected():
     features.featurise_part({"audio": np.full(800, np.nan, np.float32)}, CFG)
 
 
+def test_audio_standardisation_uses_the_configured_statistics():
+  wave = np.sin(2 * np.pi * 440 * np.arange(8000) / 16000).astype(np.float32)
+  raw = features.featurise_part({"audio": wave}, CFG)["audio"]
+  assert CFG.audio_mean == 0.0 and CFG.audio_std == 1.0  # default: log-mels as they are
+  np.testing.assert_allclose(raw, audio.log_mel(
+      wave, CFG.sample_rate, CFG.n_mels, CFG.audio_window_ms, CFG.audio_hop_ms, CFG.audio_n_fft,
+      CFG.audio_fmin, CFG.audio_fmax, CFG.audio_log_floor), rtol=1e-6)
+  scaled_cfg = features.FeatureConfig.from_config({**MODEL, "audio_mean": -6.0, "audio_std": 3.0})
+  scaled = features.featurise_part({"audio": wave}, scaled_cfg)["audio"]
+  np.testing.assert_allclose(scaled, (raw + 6.0) / 3.0, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- images
 
 def test_fit_size_keeps_aspect_and_patch_multiples():

@@ -67,3 +67,21 @@ def test_sentencepiece_without_pad_zero_is_rejected(tmp_path):
     tokenizer.make_tokenizer(str(tmp_path / "m.model"))
   with pytest.raises(FileNotFoundError, match="train_tokenizer"):
     tokenizer.make_tokenizer(str(tmp_path / "missing.model"))
+
+
+def test_shipped_toyworld_tokenizer_round_trips_and_fits_the_recipe():
+  from configs import recipe
+  from gemb.data import toyworld
+  model = recipe.recipe().model
+  tok = tokenizer.make_tokenizer("toyworld", model.vocab_size)
+  assert tok.vocab_size == model.vocab_size == 1024
+  lengths = []
+  for text in toyworld.texts("eval", examples_per_task=40):  # held-out scenes included
+    ids = tok.encode(text)
+    assert ids.min() > tokenizer.PAD_ID and ids.max() < model.vocab_size
+    assert tok.decode(ids) == text
+    lengths.append(ids.size)
+  # Every query with its task string fits the recipe's text limit, untruncated.
+  assert max(lengths) <= model.max_text_tokens
+  # Subwords, not bytes: several ToyWorld bytes per token on average.
+  assert np.mean(lengths) < 0.4 * np.mean([len(t.encode()) for t in toyworld.texts("eval", 40)])

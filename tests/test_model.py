@@ -99,9 +99,27 @@ def test_padding_does_not_change_embeddings(cfg, model):
                              np.asarray(embed(model, small_side)), atol=1e-6)
 
 
+def test_shared_embeddings_start_at_zero(model):
+  # Position, modality and part embeddings are offsets shared by every input: they start at
+  # zero so that inputs do not start as one embedding (gemb/model/stems.py).
+  tables = [model.part_embed] + [getattr(model.stems[m], name)
+                                 for m in ("text", "image", "audio", "video")
+                                 for name in vars(model.stems[m]) if "position" in name
+                                 or name == "modality"]
+  assert len(tables) == 13
+  for table in tables:
+    assert not np.any(table.get_value())
+  # ...and inputs differ from the start.
+  side = pack_inputs([[text(9)], [text(9)]], layout(model.cfg, text=1))
+  embeddings = np.asarray(embed(model, side))
+  assert embeddings[0] @ embeddings[1] < 0.99
+
+
 def test_part_order_changes_embedding(cfg, model):
   t, i = text(9), image(16, 16)
   side = pack_inputs([[t, i], [i, t]], layout(cfg, text=1, image=1))
+  model = nnx.clone(model)  # as after training: a part-index embedding that is not zero
+  model.part_embed.set_value(RNG.normal(0, 0.02, model.part_embed.get_value().shape))
   embeddings = np.asarray(embed(model, side))
   assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-3
   # The part-index embedding is what carries the order: without it the two are the same.

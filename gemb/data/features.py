@@ -64,6 +64,8 @@ class FeatureConfig:
   audio_fmin: float = 0.0
   audio_fmax: float = 8000.0
   audio_log_floor: float = 1e-5
+  audio_mean: float = 0.0          # log-mels -> (x - mean) / std; set your data's statistics
+  audio_std: float = 1.0
   video_fps: float = 8.0           # frames are sampled at this rate from timed files
   truncate: bool = True            # cut over-long text/audio/video to the limits, else error
 
@@ -175,9 +177,10 @@ def featurise_part(part: Mapping[str, Any], cfg: FeatureConfig) -> dict[str, np.
                          f"({limit / cfg.sample_rate:.3f} s; set config.data.truncate=True "
                          "to cut it)")
       wave = wave[:limit]
-    return {"audio": audio_lib.log_mel(
+    mels = audio_lib.log_mel(
         wave, cfg.sample_rate, cfg.n_mels, cfg.audio_window_ms, cfg.audio_hop_ms,
-        cfg.audio_n_fft, cfg.audio_fmin, cfg.audio_fmax, cfg.audio_log_floor)}
+        cfg.audio_n_fft, cfg.audio_fmin, cfg.audio_fmax, cfg.audio_log_floor)
+    return {"audio": ((mels - cfg.audio_mean) / cfg.audio_std).astype(np.float32)}
   video = np.asarray(value)
   if video.ndim == 4 and video.shape[0] > cfg.max_video_frames:
     if not cfg.truncate:

@@ -17,7 +17,7 @@ import ml_collections
 from flax import nnx
 
 from gemb.model import inputs
-from gemb.model.stems import STEMS, EMBED_INIT
+from gemb.model.stems import STEMS, SHARED_INIT
 from gemb.sharding import constrain, logical_axes
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -135,7 +135,7 @@ class Encoder(nnx.Module):
     self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: part of the static graph
     dtype = DTYPES[cfg.dtype]
     self.stems = nnx.Dict({m: STEMS[m](cfg, dtype, rngs=rngs) for m in inputs.MODALITIES})
-    self.part_embed = nnx.Param(EMBED_INIT(rngs.params(), (cfg.max_parts, cfg.width)),
+    self.part_embed = nnx.Param(SHARED_INIT(rngs.params(), (cfg.max_parts, cfg.width)),
                                 **logical_axes("parts", "embed"))
     self.blocks = nnx.List([Block(cfg, dtype, rngs=rngs) for _ in range(cfg.depth)])
     self.final_norm = _layer_norm(cfg, dtype, rngs)

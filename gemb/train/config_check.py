@@ -9,7 +9,8 @@ from ml_collections import ConfigDict
 from gemb import sharding
 
 TOP_KEYS = {"job", "seed", "model", "mesh", "data", "loss", "optim", "checkpoint", "log_every",
-            "eval", "stage_order", "stages", "distill", "fused_step", "export"}
+            "eval", "stage_order", "stages", "distill", "fused_step", "export",
+            "compilation_cache_dir", "compilation_cache_min_seconds"}
 TRAIN_STAGE_KEYS = {"type", "steps", "init", "mixture", "hard_negatives", "optim", "loss",
                     "eval_every", "seed"}
 SOUP_STAGE_KEYS = {"type", "ingredients", "weights"}
