@@ -6,9 +6,11 @@ Four domains that differ in modality or style: captions -> images, programs -> i
 captions -> sounds, captions -> videos. One specialist per domain is trained on it alone; the
 fused baseline (all domains, contrastive loss) and each distilled student (KL of in-batch
 similarity distributions; L2 of the similarities) get the same budget: `steps` batches of
-`batch_size` from the same domain mixture. Report: WORKDIR/distill/report.json and report.md.
+`batch_size` from the same domain mixture, 4x a specialist's steps, so that every model sees
+each domain equally often. Report: WORKDIR/distill/report.json and report.md. The full run takes
+~30 min on a 2-core CPU (README, "Distilling specialists into one universal model").
 
-Arg 'tiny' shrinks everything to a seconds-long smoke run (two domains, a few steps).
+Arg 'tiny' shrinks everything to a smoke run (two domains, 4 steps each; ~1.5 min on 2 cores).
 Any domain can also be a manifest or TFDS task: add `source='manifest'` (or 'tfds') to its
 config.domains entry and to its specialist's mixture, and set config.data.manifest /
 config.data.tfds (and config.eval.manifest for held-out examples in their own file).
@@ -24,11 +26,15 @@ DOMAINS = ("text_to_image", "code_to_image", "text_to_audio", "text_to_video")
 
 def _model(tiny: bool) -> ml_collections.ConfigDict:
   model = model_presets.get_model_config("tiny")
-  # Single-object ToyWorld captions are at most 70 bytes: 80 tokens hold every one whole.
-  model.max_text_tokens = 80
+  # ToyWorld's shipped SentencePiece tokenizer (gemb/data/toyworld_tokenizer.model): a
+  # single-object caption or program is at most 16 tokens (instead of up to 70 bytes), so every
+  # one fits whole with room to spare, and a step reads ~4x fewer text tokens than with bytes.
+  model.tokenizer = "toyworld"
+  model.vocab_size = 1024
+  model.max_text_tokens = 48
   if tiny:
     model.width, model.depth, model.num_heads, model.embed_dim = 32, 1, 2, 32
-    model.mrl_dims = [8, 32]
+    model.mrl_dims = (8, 32)
   return model
 
 
@@ -79,13 +85,21 @@ def get_config(arg=None):
   tiny = arg == "tiny"
   if arg not in (None, "", "tiny"):
     raise ValueError(f"configs/distill.py takes no arg or 'tiny', got {arg!r}")
-  domains = DOMAINS[:2] if tiny else DOMAINS
-  steps = 4 if tiny else 400  # the universal models' budget (fused and every student)
-  specialist_steps = 4 if tiny else 400
-  batch_size = 8 if tiny else 64
-  lr, warmup = 2e-3, (1 if tiny else 40)
-  checkpoint_every = 2 if tiny else 100
+  if tiny:
+    return build(tiny=True, domains=DOMAINS[:2], steps=4, specialist_steps=4, batch_size=8,
+                 lr=2e-3, warmup=1, checkpoint_every=2, num_candidates=32)
+  # Each specialist: 250 batches of its domain. The universal models: 4 x 250 batches of the
+  # four-domain mixture, so that each sees every domain as often as its specialist does (and
+  # costs what the four specialists cost together).
+  return build(tiny=False, domains=DOMAINS, steps=1000, specialist_steps=250, batch_size=64,
+               lr=1e-3, warmup=40, checkpoint_every=100, num_candidates=512)
 
+
+def build(tiny: bool, domains, steps: int, specialist_steps: int, batch_size: int, lr: float,
+          warmup: int, checkpoint_every: int, num_candidates: int) -> ml_collections.ConfigDict:
+  """The experiment's config. `steps` is the universal models' budget (the fused model and every
+  student: `steps` batches of `batch_size` from the domain mixture); `specialist_steps` batches
+  of `batch_size` train each specialist on its domain alone."""
   c = ml_collections.ConfigDict()
   c.job = "distill"
   c.seed = 0
@@ -103,8 +117,10 @@ def get_config(arg=None):
 
   # Specialists: one gemb training config per domain (or dict(type='table', path=...)).
   # 'on_the_fly' runs each frozen specialist on its batches; 'precomputed' first embeds every
-  # training example of its domain into DIR/specialists/<domain>/teacher_table.npz.
-  c.teacher_embeddings = "on_the_fly"
+  # training example of its domain into DIR/specialists/<domain>/teacher_table.npz: the same
+  # embeddings (tests/test_distill.py), and each example is embedded once instead of once per
+  # draw per student (the students draw each ToyWorld example ~4 times each).
+  c.teacher_embeddings = "precomputed"
   c.specialists = {d: ml_collections.ConfigDict(dict(type="gemb", train=train_config(
       {d: 1.0}, specialist_steps, batch_size, tiny, lr, warmup, checkpoint_every)))
                    for d in domains}
@@ -122,7 +138,7 @@ def get_config(arg=None):
   c.students.l2 = student(l2=1.0)
 
   c.eval = ml_collections.ConfigDict(dict(
-      split="eval", num_candidates=32 if tiny else 512, ks=(1, 5, 10), batch_size=128,
+      split="eval", num_candidates=num_candidates, ks=(1, 5, 10), batch_size=128,
       manifest=""))
   c.goal_margin = 0.02  # the goal: the KL student within 2 points of R@1 of every specialist
   return c

@@ -17,7 +17,7 @@ from scipy.special import log_softmax
 
 from configs import distill as distill_config
 from gemb import sharding
-from gemb.data import pipeline, toyworld
+from gemb.data import pipeline, tokenizer, toyworld
 from gemb.distill import evaluation, run as distill_run, step as distill_step
 from gemb.distill import teachers as teachers_lib, train as distill_train
 from gemb.evaluate import registry, toyworld_suite
@@ -313,3 +313,24 @@ def test_goal_compares_each_student_with_the_specialists_and_the_fused_model():
   assert goal["l2"]["within_margin_on_every_domain"] and goal["l2"]["ahead_of_fusion_on_average"]
   table = distill_run.markdown_table(report)
   assert "| a | 90.0 | 50.0 | 89.0 | 95.0 |" in table and "| **average** | 85.0" in table
+
+
+def test_shipped_config_reads_every_toyworld_query_whole():
+  """The full config's tokenizer and text limit hold each domain's queries whole (a truncated
+  caption would lose attributes), against the tokenizer run directly on ToyWorld's raw texts."""
+  config = distill_config.get_config()
+  tok = tokenizer.make_tokenizer(config.model.tokenizer, config.model.vocab_size)
+  longest = 0
+  for domain in config.domains:
+    for split in ("train", "eval"):
+      for index in range(200):
+        raw = toyworld.example(domain, split, index, config.data.seed, dict(config.data.toyworld))
+        for part in raw["query"]:
+          ids = tok.encode(part["text"])
+          assert tok.decode(ids) == part["text"]
+          longest = max(longest, len(ids))
+  assert 0 < longest <= config.model.max_text_tokens
+  # Each universal model sees every domain as often as that domain's specialist does.
+  for domain in config.domains:
+    assert (config.specialists[domain].train.stages.train.steps * len(config.domains)
+            == config.steps)

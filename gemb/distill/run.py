@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from gemb import sharding
+from gemb import compilation_cache, sharding
 from gemb.data import pipeline
 from gemb.distill import evaluation, teachers as teachers_lib, train as distill_train
 from gemb.train import checkpoints, metrics as metrics_lib, trainer
@@ -36,18 +36,6 @@ from gemb.train import checkpoints, metrics as metrics_lib, trainer
 SPECIALIST = "specialist"
 FUSION = "fusion"
 METRICS = ("R@1", "R@5", "R@10", "NDCG@10", "MRR@10")
-
-
-def enable_compilation_cache(config: ConfigDict, workdir: str) -> str:
-  """Turns on JAX's persistent compilation cache: the specialists, the fused model and the
-  students compile the same programs (same step for a batch layout, same forward for
-  evaluation), and a re-run compiles nothing. '' in config puts it in WORKDIR/jax_cache."""
-  directory = config.compilation_cache_dir or os.path.join(os.path.abspath(workdir), "jax_cache")
-  if jax.config.jax_compilation_cache_dir is None:
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                      float(config.compilation_cache_min_seconds))
-  return jax.config.jax_compilation_cache_dir
 
 
 def check_config(config: ConfigDict) -> None:
@@ -170,7 +158,10 @@ def run(config: ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole experiment; returns the report (also DIR/distill/report.json)."""
   start = time.perf_counter()
   load_start = os.getloadavg()
-  cache = enable_compilation_cache(config, workdir)
+  # The specialists, the fused model and the students compile the same programs (one step per
+  # batch layout, one forward for evaluation): compiled once, reused by the later models and
+  # by a re-run.
+  cache = compilation_cache.enable(config, workdir)
   check_config(config)
   mesh = sharding.make_mesh(config.mesh)
   out_dir = os.path.join(workdir, "distill")
