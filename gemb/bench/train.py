@@ -6,7 +6,9 @@ r"""Training throughput: steps/s, examples/s and MFU of a config's training stag
 For each config and training stage, one batch of every task in the stage's mixture is prepared,
 each task's step is compiled and warmed up, then `--steps` steps cycle over the tasks. MFU is
 model FLOPs per second (3x the encoder's forward matmul FLOPs per side, 4x with remat) over the
-f32 matmul peak measured on this device at start. Compilation is reported apart.
+f32 matmul peak measured on this device at start. Compilation is reported apart. Each stage
+runs with the fused step (one program per task) and the per-side step (programs per side
+layout), side by side, and the last column is fused/per-side steps/s.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from gemb.train import metrics, trainer
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["configs/smoke.py", "configs/toyworld.py"], "Config files.")
 flags.DEFINE_integer("steps", 20, "Timed steps per stage (cycling over the mixture's tasks).")
+flags.DEFINE_list("step_kinds", ["fused", "per_side"], "config.fused_step values to compare.")
 
 
 def _load(path: str):
@@ -73,18 +76,24 @@ def main(argv):
   peak = metrics.measure_matmul_peak()
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s per device")
-  print(f"{'config':<22} {'stage':<12} {'tasks':>5} {'compile s':>10} {'steps/s':>8} "
-        f"{'examples/s':>11} {'MFU':>6}")
+  print(f"{'config':<22} {'stage':<12} {'step':<9} {'tasks':>5} {'compile s':>10} "
+        f"{'steps/s':>8} {'examples/s':>11} {'MFU':>6} {'fused/per-side':>15}")
   for path in FLAGS.configs:
     config = _load(path)
     mesh = sharding.make_mesh(config.mesh)
     for name in config.stage_order:
       if config.stages[name].get("type", "train") != "train":
         continue
-      r = bench_stage(config, name, mesh, peak, FLAGS.steps)
-      print(f"{path:<22} {name:<12} {r['tasks']:>5} {r['compile_s']:>10.1f} "
-            f"{r['steps_per_s']:>8.2f} {r['examples_per_s']:>11.1f} {100 * r['mfu']:>5.1f}%",
-            flush=True)
+      rates = {}
+      for kind in FLAGS.step_kinds:
+        config.fused_step = kind == "fused"
+        r = bench_stage(config, name, mesh, peak, FLAGS.steps)
+        rates[kind] = r["steps_per_s"]
+        ratio = (f"{rates['fused'] / rates['per_side']:.2f}x"
+                 if len(rates) == 2 and set(rates) == {"fused", "per_side"} else "")
+        print(f"{path:<22} {name:<12} {kind:<9} {r['tasks']:>5} {r['compile_s']:>10.1f} "
+              f"{r['steps_per_s']:>8.2f} {r['examples_per_s']:>11.1f} {100 * r['mfu']:>5.1f}% "
+              f"{ratio:>15}", flush=True)
 
 
 if __name__ == "__main__":
