@@ -1,13 +1,15 @@
-"""The per-side train step is the fused train step, compiled differently."""
+"""The per-side train step is the fused train step, compiled differently; a step's metrics on the host."""
 import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from gemb import sharding
 from gemb.data import pipeline
-from gemb.train import trainer
+from gemb.train import metrics as metrics_lib, trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_config  # noqa: E402
@@ -39,3 +41,14 @@ def test_per_side_step_equals_fused_step():
     a, b = np.asarray(a), np.asarray(b)
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * max(np.abs(a).max(), 1e-6),
                                err_msg=jax.tree_util.keystr(path))
+
+
+def test_host_values_passes_finite_metrics_and_stops_on_a_bad_loss():
+  values = metrics_lib.host_values({"loss": jnp.float32(1.5), "lr": jnp.float32(1e-3)},
+                                   "stage s step 3", "task t")
+  assert values == {"loss": 1.5, "lr": pytest.approx(1e-3)}
+  assert all(type(v) is float for v in values.values())
+  for bad in (np.nan, np.inf):
+    with pytest.raises(FloatingPointError,
+                       match=r"stage s step 3: loss is (nan|inf) \(task t\); the last good"):
+      metrics_lib.host_values({"loss": jnp.float32(bad)}, "stage s step 3", "task t")

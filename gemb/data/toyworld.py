@@ -267,10 +267,7 @@ def texts(split: str = "train", examples_per_task: int = 1000, seed: int = 0,
   for task, spec in TASKS.items():
     for index in range(examples_per_task):
       ex = example(task, split, index, seed, config)
-      for side in ("query", "positive", "negative"):
-        for part in ex.get(side) or ():
-          if "text" in part:
-            yield part["text"]
-            if side == "query":
-              yield features.TASK_STRING_FORMAT.format(task_string=spec.task_string,
-                                                       text=part["text"])
+      sides = [ex["query"], features.with_task_string(ex["query"], spec.task_string),
+               ex["positive"], ex.get("negative") or []]
+      for parts in sides:
+        yield from (part["text"] for part in parts if "text" in part)

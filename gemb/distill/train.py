@@ -17,7 +17,6 @@ from typing import Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import ConfigDict
 
 from gemb import sharding
@@ -92,10 +91,8 @@ def train_student(config: ConfigDict, workdir: str, name: str, teachers: Mapping
     done = current + 1
     checkpoints.save(manager, done, state, data.get_state(), force=done == total_steps)
     if done % config.log_every == 0 or done == total_steps:
-      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      if not np.isfinite(values["loss"]):
-        raise FloatingPointError(f"student {name} step {done}: loss is {values['loss']} "
-                                 f"(domain {domain}); the last good checkpoint is kept")
+      values = metrics_lib.host_values(step_metrics, f"student {name} step {done}",
+                                       f"domain {domain}")
       elapsed = time.perf_counter() - window_start
       values["steps_per_s"] = (done - max(start, done - config.log_every)) / elapsed
       writer.write(done, values, stage=name)

@@ -226,7 +226,8 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
   feature_settings = {k: (list(v) if isinstance(v, tuple) else v)
                       for k, v in dataclasses.asdict(feature_cfg).items() if k != "truncate"}
   if feature_cfg.tokenizer not in ("", "bytes"):
-    shutil.copyfile(tokenizer_lib.resolve(feature_cfg.tokenizer), os.path.join(export_dir, serve_bundle.TOKENIZER))
+    shutil.copyfile(tokenizer_lib.resolve(feature_cfg.tokenizer),
+                    os.path.join(export_dir, serve_bundle.TOKENIZER))
     feature_settings["tokenizer"] = serve_bundle.TOKENIZER
   max_audio_samples = audio_lib.max_samples(
       model_cfg.max_audio_frames, feature_cfg.sample_rate, feature_cfg.audio_window_ms,

@@ -67,6 +67,17 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def host_values(step_metrics: Mapping, where: str, batch_of: str) -> dict[str, float]:
+  """A step's metrics fetched to the host as floats. A loss that is not finite stops the run:
+  FloatingPointError naming `where` (e.g. 'stage finetune step 300') and `batch_of` (e.g.
+  'task bitext'); checkpoints are only saved before this check fails, so the last one is good."""
+  values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+  if not np.isfinite(values["loss"]):
+    raise FloatingPointError(f"{where}: loss is {values['loss']} ({batch_of}); the last good "
+                             "checkpoint is kept")
+  return values
+
+
 def progress_line(stage: str, step: int, total: int, metrics: Mapping[str, float]) -> str:
   keys = ("loss", "temperature", "lr", "steps_per_s", "examples_per_s", "mfu")
   shown = " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)

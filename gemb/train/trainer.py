@@ -13,7 +13,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
@@ -98,10 +97,7 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
     done = current + 1
     checkpoints.save(manager, done, state, data.get_state(), force=done == total_steps)
     if done % config.log_every == 0 or done == total_steps:
-      values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-      if not np.isfinite(values["loss"]):
-        raise FloatingPointError(f"stage {name} step {done}: loss is {values['loss']} "
-                                 f"(task {task}); the last good checkpoint is kept")
+      values = metrics_lib.host_values(step_metrics, f"stage {name} step {done}", f"task {task}")
       elapsed = time.perf_counter() - window_start
       steps_in_window = done - max(start, done - config.log_every) or 1
       values.update(steps_per_s=steps_in_window / elapsed, examples_per_s=window_examples / elapsed,
