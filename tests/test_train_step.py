@@ -1,4 +1,5 @@
-"""The per-side train step is the fused train step, compiled differently; a step's metrics on the host."""
+"""The per-side train step is the fused train step, compiled differently; a step's metrics on
+the host."""
 import os
 import sys
 
