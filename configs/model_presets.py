@@ -48,7 +48,10 @@ def get_model_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.max_image_size = (32, 32) if tiny else (224, 224)
   c.n_mels = 32 if tiny else 128
   c.max_audio_frames = 64 if tiny else 1024  # 10 ms hop: 0.64 s / 10.24 s
-  c.audio_patch = (4, 8) if tiny else (16, 16)  # (frames, mel bins) per token
+  # (frames, mel bins) per token. Tiny: each token is 40 ms of the whole spectrum, so a pitch is
+  # one token's content rather than a pattern across frequency bands: single-task text->audio
+  # R@1 after 300 steps 0.33 vs 0.25 with (4, 8), at a quarter of the tokens.
+  c.audio_patch = (4, 32) if tiny else (16, 16)
   c.max_video_frames = 8 if tiny else 16
   c.video_size = (32, 32) if tiny else (128, 128)
   c.tubelet_frames = 2
