@@ -17,6 +17,9 @@ def get_config(arg=None):
   c.model.embed_dim = 128
   c.model.mrl_dims = (32, 64, 128)
   c.log_every = 100
+  # At this size the fused step is 1.44x faster per step than the per-side one (bench.train,
+  # idle 2-core machine), which outweighs its longer compile (~3 min vs ~1) over 3000 steps.
+  c.fused_step = True
   c.optim.warmup_steps = 200
   c.stages.prefinetune.eval_every = 1000
   c.stages.finetune.eval_every = 500
