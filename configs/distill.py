@@ -7,8 +7,9 @@ captions -> sounds, captions -> videos. One specialist per domain is trained on 
 fused baseline (all domains, contrastive loss) and each distilled student (KL of in-batch
 similarity distributions, alone or plus the contrastive loss; L2 of the similarities) get the
 same budget: `steps` batches of `batch_size` from the same domain mixture, 4x a specialist's
-steps, so that every model sees each domain equally often. Report: WORKDIR/distill/report.json and report.md. The full run takes
-~20 min on a 2-core CPU (README, "Distilling specialists into one universal model").
+steps, so that every model sees each domain equally often. Report: WORKDIR/distill/report.json
+and report.md. The full run takes ~20 min on a 2-core CPU (README, "Distilling specialists into
+one universal model").
 
 Arg 'tiny' shrinks everything to a smoke run (two domains, 4 steps each; ~1.5 min on 2 cores).
 Any domain can also be a manifest or TFDS task: add `source='manifest'` (or 'tfds') to its
