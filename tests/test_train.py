@@ -93,13 +93,19 @@ def test_two_processes_give_the_losses_of_one(reference_run, tmp_path, cache_dir
   port = random.randrange(20000, 40000)
   workdir = tmp_path / "two_hosts"
   env = _env(4, cache_dir)
-  processes = [subprocess.Popen(
-      _command(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-               f"--process_id={i}"), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
-  for process in processes:
-    _, stderr = process.communicate(timeout=1800)
-    assert process.returncode == 0, stderr[-4000:]
+  # Each process logs to a file: with pipes, the one not being read fills its pipe, blocks
+  # in a write and leaves the other waiting at orbax's cross-process barrier forever.
+  logs = [tmp_path / f"process{i}.log" for i in range(2)]
+  processes = []
+  for i, log in enumerate(logs):
+    with open(log, "w") as out:
+      processes.append(subprocess.Popen(
+          _command(workdir, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                   f"--process_id={i}"), cwd=ROOT, env=env, stdout=out,
+          stderr=subprocess.STDOUT, text=True))
+  for process, log in zip(processes, logs):
+    process.wait(timeout=1800)
+    assert process.returncode == 0, log.read_text()[-4000:]
   expected, got = _losses(reference_run), _losses(workdir)
   assert got.keys() == expected.keys()
   for key in expected:
