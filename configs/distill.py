@@ -20,20 +20,15 @@ An outside model as a specialist: config.specialists.<domain> = dict(type='table
 """
 import ml_collections
 
-from configs import model_presets, recipe
+from configs import recipe
 
 DOMAINS = ("text_to_image", "code_to_image", "text_to_audio", "text_to_video")
 
 
 def _model(tiny: bool) -> ml_collections.ConfigDict:
-  model = model_presets.get_model_config("tiny")
-  # ToyWorld's shipped SentencePiece tokenizer (gemb/data/toyworld_tokenizer.model): a
-  # single-object caption or program is at most 16 tokens (instead of up to 70 bytes), so every
-  # one fits whole with room to spare, and a step reads ~4x fewer text tokens than with bytes.
-  model.tokenizer = "toyworld"
-  model.vocab_size = 1024
-  model.max_text_tokens = 48
-  model.audio_mean, model.audio_std = -6.0, 3.0  # ToyWorld's log-mel statistics (as the recipe)
+  # The recipe's ToyWorld tokenizer and log-mel statistics: a single-object caption or program is
+  # at most 16 tokens, so every one fits whole (tests/test_distill.py).
+  model = recipe.toyworld_model("tiny")
   if tiny:
     model.width, model.depth, model.num_heads, model.embed_dim = 32, 1, 2, 32
     model.mrl_dims = (8, 32)

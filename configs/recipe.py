@@ -20,20 +20,27 @@ def mixture(rates: dict, batch_size: int) -> ml_collections.ConfigDict:
       {task: {"rate": float(rate), "batch_size": batch_size} for task, rate in rates.items()})
 
 
+def toyworld_model(name: str = "tiny") -> ml_collections.ConfigDict:
+  """The model preset `name` with ToyWorld's text and audio settings (the recipe's and the
+  distillation's models)."""
+  model = model_presets.get_model_config(name)
+  # ToyWorld's own SentencePiece tokenizer (gemb/data/toyworld_tokenizer.model): a query with its
+  # task string is at most ~40 tokens (~150 bytes), so a step reads 4x fewer text tokens.
+  model.tokenizer = "toyworld"
+  model.vocab_size = 1024
+  model.max_text_tokens = 48
+  # Log-mels standardised with ToyWorld's statistics (mean -5.9, std 3.1).
+  model.audio_mean, model.audio_std = -6.0, 3.0
+  return model
+
+
 def recipe(model: str = "tiny", prefinetune_steps: int = 1000, finetune_steps: int = 500,
            prefinetune_batch: int = 256, finetune_batch: int = 64, lr: float = 1e-3,
            soup_last: int = 3, checkpoint_every: int = 100) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.job = "train"
   c.seed = 0
-  c.model = model_presets.get_model_config(model)
-  # ToyWorld's own SentencePiece tokenizer (gemb/data/toyworld_tokenizer.model): a query with its
-  # task string is at most ~40 tokens (~150 bytes), so a step reads 4x fewer text tokens.
-  c.model.tokenizer = "toyworld"
-  c.model.vocab_size = 1024
-  c.model.max_text_tokens = 48
-  # Log-mels standardised with ToyWorld's statistics (mean -5.9, std 3.1).
-  c.model.audio_mean, c.model.audio_std = -6.0, 3.0
+  c.model = toyworld_model(model)
   c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
   # One program per train step (best on accelerators), or small programs per side layout,
   # which compile several times faster when a mixture has many tasks (best on a CPU).
