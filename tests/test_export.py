@@ -39,6 +39,7 @@ def random_encoder(model_cfg, seed):
 def _config():
   config = ml_collections.ConfigDict()
   config.model = model_presets.get_model_config("tiny")
+  config.model.image_conv_channels = (8, 16)  # the smoke's convolutional image/video stems
   config.stage_order = ("finetune",)
   # Three programs keep the test fast; image-only and audio/video-only inputs then run in the
   # smallest exported superset of their modalities, with masked empty slots.

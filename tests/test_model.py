@@ -99,6 +99,36 @@ def test_padding_does_not_change_embeddings(cfg, model):
                              np.asarray(embed(model, small_side)), atol=1e-6)
 
 
+@pytest.fixture(scope="module")
+def conv_cfg():
+  c = get_model_config("tiny")
+  c.image_conv_channels = (8, 16)  # two stride-2 convolutions, then 2x2 patches of 16 channels
+  return c
+
+
+@pytest.fixture(scope="module")
+def conv_model(conv_cfg):
+  return Encoder(conv_cfg, rngs=nnx.Rngs(0))
+
+
+def test_conv_stem_padding_does_not_change_embeddings(conv_cfg, conv_model):
+  # An 8x16 image in a 16x16 buffer and in a 32x32 one, 3 video frames in 4 and in 8: the
+  # convolutions see zeros beyond the real pixels either way (their outputs are zeroed there,
+  # not a GELU of the bias).
+  inputs = [[image(8, 16)], [image(16, 8), text(4)], [image(32, 32), video(3)], [video(4)]]
+  small = Layout(max_parts=dict(text=1, image=1, video=1), max_text_tokens=16,
+                 max_image_size=(32, 32), max_video_frames=4, video_size=(32, 32), patch_size=8)
+  big = layout(conv_cfg, text=2, image=3, video=2)
+  small_side, big_side = pack_inputs(inputs, small), pack_inputs(inputs, big)
+  np.testing.assert_allclose(np.asarray(embed(conv_model, big_side)),
+                             np.asarray(embed(conv_model, small_side)), atol=1e-6)
+  # The image alone decides: cropping the buffer to the real image changes nothing.
+  alone = pack_inputs(inputs[:1], Layout(max_parts=dict(image=1), max_image_size=(8, 16),
+                                         patch_size=8))
+  np.testing.assert_allclose(np.asarray(embed(conv_model, alone))[0],
+                             np.asarray(embed(conv_model, small_side))[0], atol=1e-6)
+
+
 def test_shared_embeddings_start_at_zero(model):
   # Position, modality and part embeddings are offsets shared by every input: they start at
   # zero so that inputs do not start as one embedding (gemb/model/stems.py).
@@ -200,6 +230,8 @@ def test_empty_and_too_long_sides_are_rejected(cfg, model):
     ("max_image_size", (30, 32), "config.model.max_image_size"),
     ("mrl_dims", [32, 16], "config.model.mrl_dims"),
     ("dtype", "float16", "config.model.dtype"),
+    ("image_conv_channels", (8, 8, 8, 8), "config.model.image_conv_channels"),  # 2^4 > patch 8
+    ("image_conv_channels", (8, 0), "config.model.image_conv_channels"),
 ])
 def test_bad_config_is_rejected_with_its_key(key, value, match):
   bad = get_model_config("tiny")
@@ -272,6 +304,10 @@ def _matmul_flops(jaxpr) -> int:
       (_, rhs_contract), (_, rhs_batch) = eqn.params["dimension_numbers"]
       kept = [d for k, d in enumerate(rhs) if k not in rhs_contract and k not in rhs_batch]
       total += 2 * int(np.prod(lhs)) * int(np.prod(kept))
+    if eqn.primitive.name == "conv_general_dilated":  # 2 x outputs x (window x input channels)
+      rhs, out = eqn.invars[1].aval.shape, eqn.outvars[0].aval.shape
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out channels, in channels, *window)
+      total += 2 * int(np.prod(out)) * int(np.prod([rhs[d] for d in spec[1:]]))
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else [param]:
         if hasattr(sub, "eqns"):
@@ -286,6 +322,11 @@ def test_flops_match_the_traced_matmuls(cfg, model):
   graphdef, state = nnx.split(model)
   jaxpr = jax.make_jaxpr(lambda st, s: nnx.merge(graphdef, st)(s))(state, side)
   assert encoder_flops(cfg, side) == _matmul_flops(jaxpr.jaxpr)
+  conv_cfg = get_model_config("tiny")
+  conv_cfg.image_conv_channels = (8, 16, 24)
+  graphdef, state = nnx.split(Encoder(conv_cfg, rngs=nnx.Rngs(0)))
+  jaxpr = jax.make_jaxpr(lambda st, s: nnx.merge(graphdef, st)(s))(state, side)
+  assert encoder_flops(conv_cfg, side) == _matmul_flops(jaxpr.jaxpr) > encoder_flops(cfg, side)
   # Hand count for one text part slot of L tokens, batch 1.
   length, d, f = 16, cfg.width, int(cfg.width * cfg.mlp_ratio)
   shapes = {"text_tokens": (1, 1, length), "text_part": (1, 1)}

@@ -17,7 +17,7 @@ import ml_collections
 from flax import nnx
 
 from gemb.model import inputs
-from gemb.model.stems import STEMS, SHARED_INIT
+from gemb.model.stems import STEMS, SHARED_INIT, conv_channels
 from gemb.sharding import constrain, logical_axes
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -45,6 +45,10 @@ def check_config(cfg) -> None:
        == sorted(set(cfg.mrl_dims)), "mrl_dims",
        f"must be increasing dims in (0, embed_dim={cfg.embed_dim}]")
   need(0.0 <= cfg.dropout < 1.0, "dropout", "must lie in [0, 1)")
+  convs = conv_channels(cfg)
+  need(all(c > 0 for c in convs) and p % (1 << len(convs)) == 0, "image_conv_channels",
+       f"must be positive channel counts, at most log2(patch_size={p}) of them (each "
+       "convolution halves the image; a patch must stay whole)")
 
 
 class Attention(nnx.Module):

@@ -10,13 +10,25 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from gemb.model.inputs import shape_of, token_counts
+from gemb.model.stems import conv_channels
 
 
 def _patch_features(modality: str, cfg) -> int:
   """Input features of one token's linear embedding (0 for the text lookup table)."""
-  p = cfg.patch_size
-  return {"text": 0, "image": p * p * 3, "audio": cfg.audio_patch[0] * cfg.audio_patch[1],
-          "video": cfg.tubelet_frames * p * p * 3}[modality]
+  channels = conv_channels(cfg)
+  q = cfg.patch_size >> len(channels)  # patch side on the (convolved) pixel grid
+  pixels = q * q * (channels[-1] if channels else 3)
+  return {"text": 0, "image": pixels, "audio": cfg.audio_patch[0] * cfg.audio_patch[1],
+          "video": cfg.tubelet_frames * pixels}[modality]
+
+
+def _pixel_conv_flops(cfg) -> int:
+  """Matmul FLOPs of the PixelConvs (3x3, stride 2) over one frame's p x p patch."""
+  flops, channels, pixels = 0, (3, *conv_channels(cfg)), cfg.patch_size ** 2
+  for c_in, c_out in zip(channels[:-1], channels[1:]):
+    pixels //= 4  # each convolution halves both sides
+    flops += 2 * pixels * 9 * c_in * c_out
+  return flops
 
 
 def encoder_flops(cfg, side_shapes: Mapping[str, Any]) -> int:
@@ -32,7 +44,9 @@ def encoder_flops(cfg, side_shapes: Mapping[str, Any]) -> int:
   batch = shape_of(side_shapes[f"{next(iter(counts))}_part"])[0]
   width, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
   length = sum(slots * tokens for slots, tokens in counts.values())  # N
-  stems = sum(2 * batch * slots * tokens * _patch_features(m, cfg) * width
+  frames = {"image": 1, "video": cfg.tubelet_frames}  # frames per token that the convs see
+  stems = sum(batch * slots * tokens * (2 * _patch_features(m, cfg) * width
+                                        + frames.get(m, 0) * _pixel_conv_flops(cfg))
               for m, (slots, tokens) in counts.items())
   per_block = (
       4 * 2 * batch * length * width * width    # query, key, value and output projections

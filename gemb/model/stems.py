@@ -63,16 +63,65 @@ class TextStem(nnx.Module):
     return _flatten(x.astype(self.dtype), mask, part)
 
 
+class PixelConvs(nnx.Module):
+  """The convolutional front of the image and video stems (Xiao et al. 2021, "Early
+  convolutions help transformers see better"): k 3x3 stride-2 convolutions with GELUs,
+  k = len(config.model.image_conv_channels), before the linear patch embedding.
+
+  Their local detectors (edges, corners) are the same at every pixel offset, where a linear
+  patch embedding must learn each shape at each offset within a patch. Outputs beyond a frame's
+  real size are zeroed, as the convolutions' own padding is, so a token's embedding does not
+  depend on how much padding surrounds the image (a GELU of the bias would leak in otherwise).
+  """
+
+  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
+    channels = (3, *conv_channels(cfg))
+    self.out_channels = channels[-1]
+    self.convs = nnx.List([
+        nnx.Conv(c_in, c_out, (3, 3), strides=2, padding="SAME", dtype=dtype,
+                 param_dtype=jnp.float32, kernel_metadata=logical_axes(None, None, None, None),
+                 bias_metadata=logical_axes(None), rngs=rngs)
+        for c_in, c_out in zip(channels[:-1], channels[1:])])
+
+  def __call__(self, pixels: jax.Array, real_hw: jax.Array) -> jax.Array:
+    """pixels [N, H, W, 3], real_hw [N, 2] (0 for a padding frame) -> [N, H/2^k, W/2^k, C]."""
+    x = pixels
+    for i, conv in enumerate(self.convs, 1):
+      x = jax.nn.gelu(conv(x))  # [N, H / 2^i, W / 2^i, C_i]
+      real = ((jnp.arange(x.shape[1])[None, :, None] < (real_hw[:, None, 0:1] >> i))
+              & (jnp.arange(x.shape[2])[None, None, :] < (real_hw[:, None, 1:2] >> i)))
+      x = x * real[..., None].astype(x.dtype)
+    return x
+
+
+def conv_channels(cfg) -> tuple[int, ...]:
+  """Output channels of the pixel stems' stride-2 convolutions (() = linear patch embedding)."""
+  return tuple(int(c) for c in cfg.get("image_conv_channels", ()) or ())
+
+
+def _patch_grid(x: jax.Array, lead: int, rows: int, cols: int) -> jax.Array:
+  """[*L, rows * q, cols * q, C] -> [*L, rows, cols, q * q * C]: the features of each patch,
+  (row, col, channel)-major, where `lead` = len(L)."""
+  shape = x.shape[:lead]
+  q = x.shape[lead] // rows
+  x = x.reshape(*shape, rows, q, cols, q, x.shape[-1])
+  order = tuple(range(lead)) + tuple(lead + i for i in (0, 2, 1, 3, 4))
+  return x.transpose(order).reshape(*shape, rows, cols, -1)
+
+
 class ImageStem(nnx.Module):
-  """Images [B, Pi, H, W, 3] -> linear embedding of p x p patches + learned row and column
-  positions; patches outside the real (height, width) in `image_hw` are masked out."""
+  """Images [B, Pi, H, W, 3] -> one token per p x p patch (a linear embedding of its pixels, or
+  of the PixelConvs' output over it) + learned row and column positions; patches outside the
+  real (height, width) in `image_hw` are masked out."""
 
   def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
     self.dtype = dtype
     self.patch_size = cfg.patch_size
     p = cfg.patch_size
     hmax, wmax = cfg.max_image_size
-    self.patch_embed = _patch_embed(p * p * 3, cfg, dtype, rngs)
+    self.pixel_convs = PixelConvs(cfg, dtype, rngs=rngs)
+    q = p >> len(self.pixel_convs.convs)  # patch side on the convolutions' output grid
+    self.patch_embed = _patch_embed(q * q * self.pixel_convs.out_channels, cfg, dtype, rngs)
     self.row_positions = _table(rngs, (hmax // p, cfg.width), "positions", "embed")
     self.col_positions = _table(rngs, (wmax // p, cfg.width), "positions", "embed")
     self.modality = _table(rngs, (cfg.width,), "embed")
@@ -82,9 +131,12 @@ class ImageStem(nnx.Module):
     batch, slots, height, width, channels = images.shape
     p = self.patch_size
     rows, cols = height // p, width // p
-    patches = images.reshape(batch, slots, rows, p, cols, p, channels)
-    patches = patches.transpose(0, 1, 2, 4, 3, 5, 6).reshape(batch, slots, rows, cols, -1)
-    x = self.patch_embed(patches.astype(self.dtype))  # [B, Pi, rows, cols, D]
+    x = images.astype(self.dtype)
+    if self.pixel_convs.convs:
+      x = self.pixel_convs(x.reshape(batch * slots, height, width, channels),
+                           hw.reshape(batch * slots, 2))
+      x = x.reshape(batch, slots, *x.shape[1:])
+    x = self.patch_embed(_patch_grid(x, 2, rows, cols))  # [B, Pi, rows, cols, D]
     positions = self.row_positions[:rows][:, None] + self.col_positions[:cols][None]
     x = x + (positions + self.modality[...]).astype(self.dtype)
     real_rows = jnp.arange(rows) < (hw[..., 0] // p)[..., None]  # [B, Pi, rows]
@@ -124,9 +176,9 @@ class AudioStem(nnx.Module):
 
 
 class VideoStem(nnx.Module):
-  """Videos [B, Pv, T, Hv, Wv, 3] -> linear embedding of (tubelet_frames x p x p) tubelets +
-  learned temporal, row and column positions; tubelets starting at or after `video_frames`
-  are masked out."""
+  """Videos [B, Pv, T, Hv, Wv, 3] -> one token per (tubelet_frames x p x p) tubelet (a linear
+  embedding of its pixels, or of the PixelConvs' output of its frames) + learned temporal, row
+  and column positions; tubelets starting at or after `video_frames` are masked out."""
 
   def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
     self.dtype = dtype
@@ -134,7 +186,9 @@ class VideoStem(nnx.Module):
     self.tubelet_frames = cfg.tubelet_frames
     p, tf = cfg.patch_size, cfg.tubelet_frames
     hv, wv = cfg.video_size
-    self.patch_embed = _patch_embed(tf * p * p * 3, cfg, dtype, rngs)
+    self.pixel_convs = PixelConvs(cfg, dtype, rngs=rngs)
+    q = p >> len(self.pixel_convs.convs)
+    self.patch_embed = _patch_embed(tf * q * q * self.pixel_convs.out_channels, cfg, dtype, rngs)
     self.time_positions = _table(rngs, (cfg.max_video_frames // tf, cfg.width), "positions",
                                  "embed")
     self.row_positions = _table(rngs, (hv // p, cfg.width), "positions", "embed")
@@ -146,10 +200,16 @@ class VideoStem(nnx.Module):
     batch, slots, n_frames, height, width, channels = video.shape
     p, tf = self.patch_size, self.tubelet_frames
     steps, rows, cols = n_frames // tf, height // p, width // p
-    tubelets = video.reshape(batch, slots, steps, tf, rows, p, cols, p, channels)
-    tubelets = tubelets.transpose(0, 1, 2, 4, 6, 3, 5, 7, 8).reshape(
-        batch, slots, steps, rows, cols, -1)
-    x = self.patch_embed(tubelets.astype(self.dtype))  # [B, Pv, steps, rows, cols, D]
+    x = video.astype(self.dtype)
+    if self.pixel_convs.convs:
+      real = jnp.arange(n_frames) < frames[..., None]  # [B, Pv, T]
+      real_hw = jnp.where(real[..., None], jnp.array([height, width], jnp.int32), 0)
+      x = self.pixel_convs(x.reshape(-1, height, width, channels), real_hw.reshape(-1, 2))
+      x = x.reshape(batch, slots, n_frames, *x.shape[1:])
+    x = _patch_grid(x, 3, rows, cols)  # [B, Pv, T, rows, cols, F]
+    x = x.reshape(batch, slots, steps, tf, rows, cols, -1).transpose(0, 1, 2, 4, 5, 3, 6)
+    x = x.reshape(batch, slots, steps, rows, cols, -1)  # a tubelet's frames side by side
+    x = self.patch_embed(x)  # [B, Pv, steps, rows, cols, D]
     positions = (self.time_positions[:steps][:, None, None] + self.row_positions[...][:, None]
                  + self.col_positions[...][None])
     x = x + (positions + self.modality[...]).astype(self.dtype)
