@@ -47,6 +47,28 @@ def distinct_fraction(keys: list[str]) -> float:
   return float(np.mean([counts[key] == 1 for key in keys]))
 
 
+PROBE_ATTRIBUTES = ("shape", "colour", "size")  # what both an image and a sound show
+PROBE_MODALITIES = ("image", "audio")
+
+
+def attribute_probe_data(modality: str, count: int, seed: int, world) -> tuple[list, dict]:
+  """`count` single-object train-split scenes rendered as `modality` parts, and each object's
+  attribute labels: ([[part], ...], {attribute: [label, ...]} for PROBE_ATTRIBUTES)."""
+  if modality not in PROBE_MODALITIES:
+    raise ValueError(f"attribute probes are for {PROBE_MODALITIES}, not {modality!r}")
+  if not isinstance(world, toyworld.WorldConfig):
+    world = toyworld.WorldConfig.from_config(world)
+  render = {"image": toyworld.render_image, "audio": toyworld.render_audio}[modality]
+  rng = np.random.default_rng([seed, 1000 + PROBE_MODALITIES.index(modality)])
+  inputs, labels = [], {a: [] for a in PROBE_ATTRIBUTES}
+  for _ in range(count):
+    obj = toyworld.sample_scene(rng, "train", world)[0]
+    inputs.append([{modality: render((obj,), rng, world)}])
+    for attribute in PROBE_ATTRIBUTES:
+      labels[attribute].append(getattr(obj, attribute))
+  return inputs, labels
+
+
 def build(eval_cfg: Mapping[str, Any], mrl_dims=(), world=None) -> dict[str, Any]:
   """Task name -> evaluator for `config.eval` (num_candidates, split, seed, batch_size, ...)."""
   n = int(eval_cfg["num_candidates"])
@@ -114,4 +136,16 @@ def build(eval_cfg: Mapping[str, Any], mrl_dims=(), world=None) -> dict[str, Any
       test_inputs=[ex["query"] for ex in test],
       test_labels=[sorted({obj.colour for obj in scene}) for scene in scenes_test],
       num_labels=len(toyworld.COLOURS), **common)
+
+  # Attribute probes: what an image or a sound embedding encodes of one object's shape, colour
+  # and size (a sound's pitch, timbre and pulse rate), fitted on half of `num_candidates`
+  # single-object train scenes and tested on the other half: no held-out composition, so they
+  # tell a missing attribute from a failure to generalise (the classification probe above).
+  for modality in PROBE_MODALITIES:
+    inputs, labels = attribute_probe_data(modality, n, seed, world)
+    half = n // 2
+    for attribute in PROBE_ATTRIBUTES:
+      tasks[f"probe_{modality}_{attribute}"] = registry.create(
+          "classification", train_inputs=inputs[:half], train_labels=labels[attribute][:half],
+          test_inputs=inputs[half:], test_labels=labels[attribute][half:], **common)
   return tasks
