@@ -77,11 +77,18 @@ class PixelConvs(nnx.Module):
   def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
     channels = (3, *conv_channels(cfg))
     self.out_channels = channels[-1]
+    self.patch_size = cfg.patch_size
     self.convs = nnx.List([
         nnx.Conv(c_in, c_out, (3, 3), strides=2, padding="SAME", dtype=dtype,
                  param_dtype=jnp.float32, kernel_metadata=logical_axes(None, None, None, None),
                  bias_metadata=logical_axes(None), rngs=rngs)
         for c_in, c_out in zip(channels[:-1], channels[1:])])
+
+  @property
+  def patch_features(self) -> int:
+    """Features of one frame's p x p patch on the output grid: (p / 2^k)^2 x channels."""
+    q = self.patch_size >> len(self.convs)
+    return q * q * self.out_channels
 
   def __call__(self, pixels: jax.Array, real_hw: jax.Array) -> jax.Array:
     """pixels [N, H, W, 3], real_hw [N, 2] (0 for a padding frame) -> [N, H/2^k, W/2^k, C]."""
@@ -120,8 +127,7 @@ class ImageStem(nnx.Module):
     p = cfg.patch_size
     hmax, wmax = cfg.max_image_size
     self.pixel_convs = PixelConvs(cfg, dtype, rngs=rngs)
-    q = p >> len(self.pixel_convs.convs)  # patch side on the convolutions' output grid
-    self.patch_embed = _patch_embed(q * q * self.pixel_convs.out_channels, cfg, dtype, rngs)
+    self.patch_embed = _patch_embed(self.pixel_convs.patch_features, cfg, dtype, rngs)
     self.row_positions = _table(rngs, (hmax // p, cfg.width), "positions", "embed")
     self.col_positions = _table(rngs, (wmax // p, cfg.width), "positions", "embed")
     self.modality = _table(rngs, (cfg.width,), "embed")
@@ -187,8 +193,7 @@ class VideoStem(nnx.Module):
     p, tf = cfg.patch_size, cfg.tubelet_frames
     hv, wv = cfg.video_size
     self.pixel_convs = PixelConvs(cfg, dtype, rngs=rngs)
-    q = p >> len(self.pixel_convs.convs)
-    self.patch_embed = _patch_embed(tf * q * q * self.pixel_convs.out_channels, cfg, dtype, rngs)
+    self.patch_embed = _patch_embed(tf * self.pixel_convs.patch_features, cfg, dtype, rngs)
     self.time_positions = _table(rngs, (cfg.max_video_frames // tf, cfg.width), "positions",
                                  "embed")
     self.row_positions = _table(rngs, (hv // p, cfg.width), "positions", "embed")
