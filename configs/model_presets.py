@@ -46,8 +46,12 @@ def get_model_config(name: str = "tiny") -> ml_collections.ConfigDict:
   c.max_text_tokens = 64 if tiny else 256
   c.patch_size = 8 if tiny else 16
   c.max_image_size = (32, 32) if tiny else (224, 224)
-  # Channels of 3x3 stride-2 convolutions before the patch embedding; () = linear patches (ViT).
+  # Channels of 3x3 convolutions before the patch embedding; () = linear patches (ViT).
   c.image_conv_channels = ()
+  c.image_conv_strides = ()  # 1 or 2 per convolution; () = all 2
+  c.video_conv_channels = ()  # the video stem's; () = the image stem's layout
+  c.video_conv_strides = ()
+  c.patch_colour_gain = 0.0  # > 0: conv stems also see each patch's mean colour, times this
   c.n_mels = 32 if tiny else 128
   c.max_audio_frames = 64 if tiny else 1024  # 10 ms hop: 0.64 s / 10.24 s
   # (frames, mel bins) per token. Tiny: each token is 40 ms of the whole spectrum, so a pitch is

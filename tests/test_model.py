@@ -102,7 +102,11 @@ def test_padding_does_not_change_embeddings(cfg, model):
 @pytest.fixture(scope="module")
 def conv_cfg():
   c = get_model_config("tiny")
-  c.image_conv_channels = (8, 16)  # two stride-2 convolutions, then 2x2 patches of 16 channels
+  # Images: a stride-1 and two stride-2 convolutions, then 2x2 patches of 16 channels and the
+  # patches' mean colour; video frames: their own two stride-2 convolutions.
+  c.image_conv_channels, c.image_conv_strides = (8, 16, 16), (1, 2, 2)
+  c.video_conv_channels = (8, 16)
+  c.patch_colour_gain = 0.5
   return c
 
 
@@ -114,7 +118,7 @@ def conv_model(conv_cfg):
 def test_conv_stem_padding_does_not_change_embeddings(conv_cfg, conv_model):
   # An 8x16 image in a 16x16 buffer and in a 32x32 one, 3 video frames in 4 and in 8: the
   # convolutions see zeros beyond the real pixels either way (their outputs are zeroed there,
-  # not a GELU of the bias).
+  # not a GELU of the bias), and so does the mean colour of a padding frame's patches.
   inputs = [[image(8, 16)], [image(16, 8), text(4)], [image(32, 32), video(3)], [video(4)]]
   small = Layout(max_parts=dict(text=1, image=1, video=1), max_text_tokens=16,
                  max_image_size=(32, 32), max_video_frames=4, video_size=(32, 32), patch_size=8)
@@ -232,6 +236,9 @@ def test_empty_and_too_long_sides_are_rejected(cfg, model):
     ("dtype", "float16", "config.model.dtype"),
     ("image_conv_channels", (8, 8, 8, 8), "config.model.image_conv_channels"),  # 2^4 > patch 8
     ("image_conv_channels", (8, 0), "config.model.image_conv_channels"),
+    ("image_conv_strides", (2, 2), "config.model.image_conv_strides"),  # no convolutions
+    ("video_conv_channels", (8, 8, 8, 8), "config.model.video_conv_channels"),
+    ("patch_colour_gain", 0.1, "config.model.patch_colour_gain"),  # linear patches
 ])
 def test_bad_config_is_rejected_with_its_key(key, value, match):
   bad = get_model_config("tiny")
@@ -327,6 +334,12 @@ def test_flops_match_the_traced_matmuls(cfg, model):
   graphdef, state = nnx.split(Encoder(conv_cfg, rngs=nnx.Rngs(0)))
   jaxpr = jax.make_jaxpr(lambda st, s: nnx.merge(graphdef, st)(s))(state, side)
   assert encoder_flops(conv_cfg, side) == _matmul_flops(jaxpr.jaxpr) > encoder_flops(cfg, side)
+  conv_cfg.image_conv_strides = (1, 2, 1)  # one stride-1 convolution more, at full resolution
+  conv_cfg.video_conv_channels = (8,)  # video frames: their own single convolution
+  conv_cfg.patch_colour_gain = 0.1
+  graphdef, state = nnx.split(Encoder(conv_cfg, rngs=nnx.Rngs(0)))
+  jaxpr = jax.make_jaxpr(lambda st, s: nnx.merge(graphdef, st)(s))(state, side)
+  assert encoder_flops(conv_cfg, side) == _matmul_flops(jaxpr.jaxpr)
   # Hand count for one text part slot of L tokens, batch 1.
   length, d, f = 16, cfg.width, int(cfg.width * cfg.mlp_ratio)
   shapes = {"text_tokens": (1, 1, length), "text_part": (1, 1)}

@@ -17,7 +17,7 @@ import ml_collections
 from flax import nnx
 
 from gemb.model import inputs
-from gemb.model.stems import STEMS, SHARED_INIT, conv_channels
+from gemb.model.stems import STEMS, SHARED_INIT
 from gemb.sharding import constrain, logical_axes
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -45,10 +45,20 @@ def check_config(cfg) -> None:
        == sorted(set(cfg.mrl_dims)), "mrl_dims",
        f"must be increasing dims in (0, embed_dim={cfg.embed_dim}]")
   need(0.0 <= cfg.dropout < 1.0, "dropout", "must lie in [0, 1)")
-  convs = conv_channels(cfg)
-  need(all(c > 0 for c in convs) and p % (1 << len(convs)) == 0, "image_conv_channels",
-       f"must be positive channel counts, at most log2(patch_size={p}) of them (each "
-       "convolution halves the image; a patch must stay whole)")
+  for modality in ("image", "video"):
+    channels = tuple(cfg.get(f"{modality}_conv_channels", ()) or ())
+    strides = tuple(cfg.get(f"{modality}_conv_strides", ()) or ())
+    need(not strides or (len(strides) == len(channels) and all(s in (1, 2) for s in strides)),
+         f"{modality}_conv_strides", f"must be empty (all 2) or one stride, 1 or 2, per entry "
+         f"of {modality}_conv_channels={channels}")
+    halvings = list(strides).count(2) if strides else len(channels)
+    need(all(c > 0 for c in channels) and p % (1 << halvings) == 0,
+         f"{modality}_conv_channels", f"must be positive channel counts with at most "
+         f"log2(patch_size={p}) stride-2 convolutions (each halves the image; a patch must "
+         "stay whole)")
+  gain = cfg.get("patch_colour_gain", 0.0)
+  need(gain >= 0 and (not gain or cfg.get("image_conv_channels", ())), "patch_colour_gain",
+       "must be >= 0, and > 0 only with image_conv_channels (linear patches hold the pixels)")
 
 
 class Attention(nnx.Module):

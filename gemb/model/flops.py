@@ -10,24 +10,27 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from gemb.model.inputs import shape_of, token_counts
-from gemb.model.stems import conv_channels
+from gemb.model.stems import conv_layout
 
 
 def _patch_features(modality: str, cfg) -> int:
   """Input features of one token's linear embedding (0 for the text lookup table)."""
-  channels = conv_channels(cfg)
-  q = cfg.patch_size >> len(channels)  # patch side on the (convolved) pixel grid
-  pixels = q * q * (channels[-1] if channels else 3)
+  layout = conv_layout(cfg, modality) if modality in ("image", "video") else ()
+  q = cfg.patch_size >> [s for _, s in layout].count(2)  # patch side on the convolved grid
+  pixels = q * q * (layout[-1][0] if layout else 3)
+  if layout and cfg.get("patch_colour_gain", 0.0):
+    pixels += 3  # the patch's mean colour
   return {"text": 0, "image": pixels, "audio": cfg.audio_patch[0] * cfg.audio_patch[1],
           "video": cfg.tubelet_frames * pixels}[modality]
 
 
-def _pixel_conv_flops(cfg) -> int:
-  """Matmul FLOPs of the PixelConvs (3x3, stride 2) over one frame's p x p patch."""
-  flops, channels, pixels = 0, (3, *conv_channels(cfg)), cfg.patch_size ** 2
-  for c_in, c_out in zip(channels[:-1], channels[1:]):
-    pixels //= 4  # each convolution halves both sides
+def _pixel_conv_flops(cfg, modality: str) -> int:
+  """Matmul FLOPs of the PixelPatches convolutions (3x3) over one frame's p x p patch."""
+  flops, c_in, pixels = 0, 3, cfg.patch_size ** 2
+  for c_out, stride in conv_layout(cfg, modality):
+    pixels //= stride * stride  # a stride-2 convolution halves both sides
     flops += 2 * pixels * 9 * c_in * c_out
+    c_in = c_out
   return flops
 
 
@@ -45,9 +48,12 @@ def encoder_flops(cfg, side_shapes: Mapping[str, Any]) -> int:
   width, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
   length = sum(slots * tokens for slots, tokens in counts.values())  # N
   frames = {"image": 1, "video": cfg.tubelet_frames}  # frames per token that the convs see
-  stems = sum(batch * slots * tokens * (2 * _patch_features(m, cfg) * width
-                                        + frames.get(m, 0) * _pixel_conv_flops(cfg))
-              for m, (slots, tokens) in counts.items())
+
+  def per_token(m: str) -> int:  # the linear embedding, and the convolutions of pixel stems
+    convs = frames[m] * _pixel_conv_flops(cfg, m) if m in frames else 0
+    return 2 * _patch_features(m, cfg) * width + convs
+
+  stems = sum(batch * slots * tokens * per_token(m) for m, (slots, tokens) in counts.items())
   per_block = (
       4 * 2 * batch * length * width * width    # query, key, value and output projections
       + 2 * 2 * batch * length * length * width  # logits and weighted sum of values
