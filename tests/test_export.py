@@ -39,7 +39,11 @@ def random_encoder(model_cfg, seed):
 def _config():
   config = ml_collections.ConfigDict()
   config.model = model_presets.get_model_config("tiny")
-  config.model.image_conv_channels = (8, 16)  # the smoke's convolutional image/video stems
+  # The smoke's kind of pixel stems: a stride-1 then a stride-2 convolution on images, one
+  # stride-2 convolution on video frames, each patch's mean colour beside them.
+  config.model.image_conv_channels, config.model.image_conv_strides = (8, 16), (1, 2)
+  config.model.video_conv_channels = (8,)
+  config.model.patch_colour_gain = 0.25
   config.stage_order = ("finetune",)
   # Three programs keep the test fast; image-only and audio/video-only inputs then run in the
   # smallest exported superset of their modalities, with masked empty slots.
