@@ -10,6 +10,7 @@ from gemb.data.packing import Layout, pack_inputs
 from gemb.model.encoder import Encoder, mrl_prefixes
 from gemb.model.flops import encoder_flops
 from gemb.model.inputs import check_side
+from gemb.model.stems import PixelPatches
 
 RNG = np.random.default_rng(0)
 
@@ -115,10 +116,19 @@ def conv_model(conv_cfg):
   return Encoder(conv_cfg, rngs=nnx.Rngs(0))
 
 
+def test_pixel_patches_end_with_each_patch_mean_colour_times_the_gain(conv_cfg):
+  patches = PixelPatches(conv_cfg, "image", jnp.float32, rngs=nnx.Rngs(0))
+  pixels = np.random.default_rng(0).normal(size=(2, 16, 32, 3)).astype(np.float32)
+  out = np.asarray(patches(jnp.asarray(pixels), jnp.array([[16, 32], [16, 32]])))
+  assert out.shape == (2, 2, 4, 2 * 2 * 16 + 3) and patches.features == out.shape[-1]
+  want = pixels.reshape(2, 2, 8, 4, 8, 3).mean((2, 4)) * conv_cfg.patch_colour_gain
+  np.testing.assert_allclose(out[..., -3:], want, rtol=1e-5, atol=1e-6)
+
+
 def test_conv_stem_padding_does_not_change_embeddings(conv_cfg, conv_model):
   # An 8x16 image in a 16x16 buffer and in a 32x32 one, 3 video frames in 4 and in 8: the
   # convolutions see zeros beyond the real pixels either way (their outputs are zeroed there,
-  # not a GELU of the bias), and so does the mean colour of a padding frame's patches.
+  # not a GELU of the bias), and a padding frame's patches have mean colour zero.
   inputs = [[image(8, 16)], [image(16, 8), text(4)], [image(32, 32), video(3)], [video(4)]]
   small = Layout(max_parts=dict(text=1, image=1, video=1), max_text_tokens=16,
                  max_image_size=(32, 32), max_video_frames=4, video_size=(32, 32), patch_size=8)

@@ -10,18 +10,15 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from gemb.model.inputs import shape_of, token_counts
-from gemb.model.stems import conv_layout
+from gemb.model.stems import conv_layout, patch_features
 
 
 def _patch_features(modality: str, cfg) -> int:
   """Input features of one token's linear embedding (0 for the text lookup table)."""
-  layout = conv_layout(cfg, modality) if modality in ("image", "video") else ()
-  q = cfg.patch_size >> [s for _, s in layout].count(2)  # patch side on the convolved grid
-  pixels = q * q * (layout[-1][0] if layout else 3)
-  if layout and cfg.get("patch_colour_gain", 0.0):
-    pixels += 3  # the patch's mean colour
-  return {"text": 0, "image": pixels, "audio": cfg.audio_patch[0] * cfg.audio_patch[1],
-          "video": cfg.tubelet_frames * pixels}[modality]
+  if modality in ("image", "video"):
+    frames = cfg.tubelet_frames if modality == "video" else 1
+    return frames * patch_features(cfg, modality)
+  return {"text": 0, "audio": cfg.audio_patch[0] * cfg.audio_patch[1]}[modality]
 
 
 def _pixel_conv_flops(cfg, modality: str) -> int:

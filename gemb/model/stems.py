@@ -85,7 +85,7 @@ class PixelPatches(nnx.Module):
   def __init__(self, cfg, modality: str, dtype, *, rngs: nnx.Rngs):
     layout = conv_layout(cfg, modality)
     channels = (3, *(c for c, _ in layout))
-    self.out_channels = channels[-1]
+    self.features = patch_features(cfg, modality)  # the width of what __call__ returns
     self.patch_size = cfg.patch_size
     self.strides = tuple(s for _, s in layout)
     self.colour_gain = float(cfg.get("patch_colour_gain", 0.0)) if layout else 0.0
@@ -94,13 +94,6 @@ class PixelPatches(nnx.Module):
                  param_dtype=jnp.float32, kernel_metadata=logical_axes(None, None, None, None),
                  bias_metadata=logical_axes(None), rngs=rngs)
         for c_in, c_out, stride in zip(channels[:-1], channels[1:], self.strides)])
-
-  @property
-  def features(self) -> int:
-    """Features of one patch: p*p*3 pixels, or (p / 2^k)^2 x C conv outputs (k: the number of
-    stride-2 convolutions, C: the last one's channels) and 3 if the mean colour is added."""
-    q = self.patch_size >> self.strides.count(2)
-    return q * q * self.out_channels + (3 if self.colour_gain else 0)
 
   def __call__(self, pixels: jax.Array, real_hw: jax.Array) -> jax.Array:
     """pixels [N, H, W, 3], real_hw [N, 2] (0 for a padding frame) -> [N, H/p, W/p, features]."""
@@ -115,12 +108,10 @@ class PixelPatches(nnx.Module):
     x = _patch_grid(x, 1, rows, cols)
     if not self.colour_gain:
       return x
+    # Padding pixels are zeros (packing fills buffers with them), so their mean colour is zero.
     p = self.patch_size
     colour = pixels.reshape(-1, rows, p, cols, p, 3).mean((2, 4))  # [N, rows, cols, 3]
-    real = ((jnp.arange(rows)[None, :, None] < (real_hw[:, None, 0:1] // p))
-            & (jnp.arange(cols)[None, None, :] < (real_hw[:, None, 1:2] // p)))
-    colour = colour * (self.colour_gain * real[..., None]).astype(x.dtype)
-    return jnp.concatenate([x, colour], axis=-1)
+    return jnp.concatenate([x, (self.colour_gain * colour).astype(x.dtype)], axis=-1)
 
 
 def conv_layout(cfg, modality: str = "image") -> tuple[tuple[int, int], ...]:
@@ -139,6 +130,17 @@ def conv_layout(cfg, modality: str = "image") -> tuple[tuple[int, int], ...]:
   return tuple(zip(channels, strides or (2,) * len(channels)))
 
 
+def patch_features(cfg, modality: str) -> int:
+  """Features of one frame's p x p patch that the image or video stem embeds linearly: p*p*3
+  pixels, or (p / 2^k)^2 x C conv outputs (k stride-2 convolutions, C the last one's channels),
+  plus 3 for the mean colour when patch_colour_gain > 0."""
+  layout = conv_layout(cfg, modality)
+  if not layout:
+    return cfg.patch_size ** 2 * 3
+  q = cfg.patch_size >> [s for _, s in layout].count(2)  # patch side on the convolved grid
+  return q * q * layout[-1][0] + (3 if cfg.get("patch_colour_gain", 0.0) else 0)
+
+
 def _patch_grid(x: jax.Array, lead: int, rows: int, cols: int) -> jax.Array:
   """[*L, rows * q, cols * q, C] -> [*L, rows, cols, q * q * C]: the features of each patch,
   (row, col, channel)-major, where `lead` = len(L)."""
@@ -151,8 +153,8 @@ def _patch_grid(x: jax.Array, lead: int, rows: int, cols: int) -> jax.Array:
 
 class ImageStem(nnx.Module):
   """Images [B, Pi, H, W, 3] -> one token per p x p patch (a linear embedding of its
-  PixelPatches features: pixels, and conv outputs when configured) + learned row and column positions; patches outside the
-  real (height, width) in `image_hw` are masked out."""
+  PixelPatches features: pixels, or conv outputs when configured) + learned row and column
+  positions; patches outside the real (height, width) in `image_hw` are masked out."""
 
   def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
     self.dtype = dtype
@@ -170,8 +172,8 @@ class ImageStem(nnx.Module):
     batch, slots, height, width, channels = images.shape
     p = self.patch_size
     rows, cols = height // p, width // p
-    x = self.pixel_patches(images.astype(self.dtype).reshape(batch * slots, height, width, channels),
-                           hw.reshape(batch * slots, 2))
+    x = images.astype(self.dtype).reshape(batch * slots, height, width, channels)
+    x = self.pixel_patches(x, hw.reshape(batch * slots, 2))  # [B * Pi, rows, cols, F]
     x = self.patch_embed(x.reshape(batch, slots, rows, cols, -1))  # [B, Pi, rows, cols, D]
     positions = self.row_positions[:rows][:, None] + self.col_positions[:cols][None]
     x = x + (positions + self.modality[...]).astype(self.dtype)
