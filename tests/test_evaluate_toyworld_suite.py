@@ -56,3 +56,28 @@ def test_probe_of_an_embedding_that_encodes_the_attribute_is_exact(modality, att
 
   random = suite.run_suite("toyworld", {name: tasks[name]}, random_fn)
   assert random[f"toyworld/{name}/accuracy"] < 0.6  # near chance (1/8, 1/3)
+
+
+def test_an_embedding_of_what_a_sound_shows_finds_every_image_of_it():
+  # A sound does not show where its objects are, so an image of the same objects elsewhere is
+  # a right answer too: an embedding of exactly the sound's content (shape, colour, size of
+  # each object) must score R@1 = 1 both ways, though eval scenes repeat sound contents.
+  n = 128
+  tasks = toyworld_suite.build({"num_candidates": n, "mrl": False}, world=WORLD)
+  content = {}  # rendered bytes -> the attributes a sound shows
+  for i in range(n):
+    example = toyworld.example("audio_to_image", "eval", i, 0, WORLD)
+    scene = toyworld.example_scenes("audio_to_image", "eval", i, 0, WORLD)["query"]
+    for side in ("query", "positive"):
+      content[next(iter(example[side][0].values())).tobytes()] = toyworld.key_string(scene,
+                                                                                      "audio")
+  assert len(set(content.values())) < n  # repeated sound contents: the case under test
+
+  def embed_fn(batch):  # a random unit vector per sound content
+    vectors = [np.random.default_rng(zlib.crc32(content[next(iter(parts[0].values())).tobytes()]
+                                                .encode())).normal(size=32) for parts in batch]
+    return np.stack(vectors).astype(np.float32)
+
+  results = suite.run_suite("toyworld", {"audio_to_image": tasks["audio_to_image"]}, embed_fn)
+  assert results["toyworld/audio_to_image/R@1"] == 1.0
+  assert results["toyworld/audio_to_image/R@1@reverse"] == 1.0

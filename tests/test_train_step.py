@@ -1,5 +1,5 @@
-"""The per-side train step is the fused train step, compiled differently; a step's metrics on
-the host."""
+"""The per-side train step is the fused train step, compiled differently; the steps' metrics on
+the host, and the stop on a bad step before it is checkpointed."""
 import os
 import sys
 
@@ -44,12 +44,57 @@ def test_per_side_step_equals_fused_step():
                                err_msg=jax.tree_util.keystr(path))
 
 
-def test_host_values_passes_finite_metrics_and_stops_on_a_bad_loss():
-  values = metrics_lib.host_values({"loss": jnp.float32(1.5), "lr": jnp.float32(1e-3)},
-                                   "stage s step 3", "task t")
-  assert values == {"loss": 1.5, "lr": pytest.approx(1e-3)}
+def test_step_window_reports_means_over_its_steps_and_per_task_losses():
+  window = metrics_lib.StepWindow("task")
+  losses = {1: ("a", 1.0), 2: ("b", 4.0), 3: ("a", 2.0)}
+  for step, (task, loss) in losses.items():
+    window.add(step, task, {"loss": jnp.float32(loss), "lr": jnp.float32(0.1 * step)})
+  assert len(window) == 3
+  values = window.flush("stage s")
+  assert values == pytest.approx({"loss": 7.0 / 3, "lr": 0.2, "loss/a": 1.5, "loss/b": 4.0})
   assert all(type(v) is float for v in values.values())
-  for bad in (np.nan, np.inf):
-    with pytest.raises(FloatingPointError,
-                       match=r"stage s step 3: loss is (nan|inf) \(task t\); the last good"):
-      metrics_lib.host_values({"loss": jnp.float32(bad)}, "stage s step 3", "task t")
+  assert len(window) == 0
+  window.add(4, "b", {"loss": jnp.float32(3.0)})
+  assert window.flush("stage s") == {"loss": 3.0, "loss/b": 3.0}  # a new window
+
+
+@pytest.mark.parametrize("key, bad", [("loss", np.nan), ("grad_norm", np.inf)])
+def test_step_window_stops_on_the_first_bad_step_not_only_the_last(key, bad):
+  window = metrics_lib.StepWindow("task")
+  for step in (7, 8, 9):
+    metrics = {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(1.0)}
+    if step == 8:
+      metrics[key] = jnp.float32(bad)
+    window.add(step, f"task{step}", metrics)
+  with pytest.raises(FloatingPointError,
+                     match=rf"stage s step 8: {key} is (nan|inf) \(task task8\); the last good"):
+    window.check("stage s")
+
+
+def test_a_bad_step_stops_training_before_any_checkpoint_holds_it(tmp_path, monkeypatch):
+  # Logs every 5 steps, checkpoints every 2: step 3 goes bad, and the step-4 checkpoint, due
+  # before the next log line, must not be written with its parameters.
+  config = tiny_config.get_config()
+  config.log_every = 5
+  config.checkpoint.async_save = False  # every due checkpoint is on disk before the next step
+  mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+  init_train_state = trainer.init_train_state
+
+  def with_a_bad_step(*args):
+    graphdef, state, train_step = init_train_state(*args)
+
+    def step(state, batch):
+      state, metrics = train_step(state, batch)
+      if int(state["step"]) == 3:  # NaN parameters and loss from here on
+        state = {**state, "params": jax.tree.map(lambda x: x * jnp.nan, state["params"])}
+        metrics = {**metrics, "loss": jnp.float32(jnp.nan)}
+      return state, metrics
+    return graphdef, state, step
+
+  monkeypatch.setattr(trainer, "init_train_state", with_a_bad_step)
+  writer = metrics_lib.MetricWriter(str(tmp_path), enabled=False)
+  with pytest.raises(FloatingPointError, match=r"stage prefinetune step 3: loss is nan"):
+    trainer.train_stage(config, str(tmp_path), "prefinetune", mesh, writer, 1e9, None)
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "prefinetune" / "checkpoints")
+                 if d.isdigit())
+  assert saved and max(saved) == 2, saved

@@ -20,8 +20,11 @@ Stable ids: every example has "query_key", "positive_key" (and "negative_key") s
 Equal keys mean identical content whatever the paraphrase, nuisance or language: a key is
 the rendering kind plus the attributes that rendering shows, e.g. "image:1.0.2.4;3.5.0.8"
 (per object: shape.colour.size.position), "text:audio:1.0.2" (a caption of a sound),
-"answer:colour:3", "label:circle". The pipeline turns keys into int ids for the loss mask
-(two in-batch examples with the same positive key are not negatives of each other).
+"answer:colour:3", "label:circle". A retrieval target's key names only what its query can
+show: the image of a sound is keyed "image/audio:1.0.2" (shape.colour.size), since a sound
+cannot tell where its objects are. The pipeline turns keys into int ids for the loss mask
+(two in-batch examples with the same query or positive key are not negatives of each other),
+and the evaluation counts every target with the query's positive key as relevant.
 """
 from __future__ import annotations
 
@@ -104,16 +107,28 @@ def _render_pair(kind: str, scene: Scene, negative: Scene, rng: np.random.Genera
   return positive, positive_key, neg, negative_key
 
 
-def _retrieval(query_kind: str, positive_kind: str, negative_aspect: str) -> Callable:
-  """A builder for "query rendering -> positive rendering" of one scene. The hard negative
-  changes an attribute that `negative_aspect` (what both renderings show) shows."""
+def _aspect(kind: str) -> str:
+  """The aspect a rendering kind shows: code draws an image, caption:<aspect> names its own."""
+  return kind.split(":")[1] if kind.startswith("caption:") else {"code": "image"}.get(kind, kind)
+
+
+def _retrieval(query_kind: str, positive_kind: str, shared_aspect: str) -> Callable:
+  """A builder for "query rendering -> positive rendering" of one scene. `shared_aspect` is
+  what both renderings show: the hard negative changes one of its attributes, and the positive
+  and negative keys name only it, so a target that the query cannot tell from its own positive
+  (for a sound, an image of the same objects elsewhere) counts as a correct answer in
+  evaluation. (The loss already left such pairs out: their queries' keys are equal.)"""
   def build(rng, split, config):
     scene = sample_scene(rng, split, config)
-    negative, _ = hard_negative(scene, rng, split, negative_aspect, config)
+    negative, _ = hard_negative(scene, rng, split, shared_aspect, config)
     lang = _pick(rng, config.languages)
     query, query_key = _render(query_kind, scene, rng, lang, config)
     positive, positive_key, neg, negative_key = _render_pair(positive_kind, scene, negative, rng,
                                                              lang, config)
+    if _aspect(positive_kind) != shared_aspect:  # e.g. "image/audio:1.0.2": an image as heard
+      positive_key, negative_key = (
+          f"{positive_kind}/{shared_aspect}:{key_string(s, shared_aspect)}"
+          for s in (scene, negative))
     ex = dict(query=[query], positive=[positive], negative=[neg], query_key=query_key,
               positive_key=positive_key, negative_key=negative_key)
     return ex, dict(query=scene, positive=scene, negative=negative)

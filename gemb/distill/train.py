@@ -81,7 +81,7 @@ def train_student(config: ConfigDict, workdir: str, name: str, teachers: Mapping
       donate_argnums=0, out_shardings=(state_shardings, None))
   hyper = distill_step_lib.hyperparameters(student_cfg)
 
-  window_start = time.perf_counter()
+  window, window_start = metrics_lib.StepWindow("domain"), time.perf_counter()
   for current in range(start, total_steps):
     domain, host_batch = next(data)
     batch = _shard(host_batch, mesh)
@@ -89,12 +89,13 @@ def train_student(config: ConfigDict, workdir: str, name: str, teachers: Mapping
     with jax.set_mesh(mesh):
       state, step_metrics = step_fn(state, batch, teacher_query, teacher_positive, hyper)
     done = current + 1
-    checkpoints.save(manager, done, state, data.get_state(), force=done == total_steps)
+    window.add(done, domain, step_metrics)
+    if done == total_steps or manager.should_save(done):
+      window.check(f"student {name}")  # a bad step stops the run before its state is saved
+      checkpoints.save(manager, done, state, data.get_state(), force=True)
     if done % config.log_every == 0 or done == total_steps:
-      values = metrics_lib.host_values(step_metrics, f"student {name} step {done}",
-                                       f"domain {domain}")
-      elapsed = time.perf_counter() - window_start
-      values["steps_per_s"] = (done - max(start, done - config.log_every)) / elapsed
+      values = {"steps_per_s": len(window) / (time.perf_counter() - window_start)}
+      values.update(window.flush(f"student {name}"))
       writer.write(done, values, stage=name)
       if jax.process_index() == 0:
         terms = " ".join(f"{k}={values[k]:.4g}" for k in distill_step_lib.TERMS)

@@ -67,15 +67,49 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def host_values(step_metrics: Mapping, where: str, batch_of: str) -> dict[str, float]:
-  """A step's metrics fetched to the host as floats. A loss that is not finite stops the run:
-  FloatingPointError naming `where` (e.g. 'stage finetune step 300') and `batch_of` (e.g.
-  'task bitext'); checkpoints are only saved before this check fails, so the last one is good."""
-  values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-  if not np.isfinite(values["loss"]):
-    raise FloatingPointError(f"{where}: loss is {values['loss']} ({batch_of}); the last good "
-                             "checkpoint is kept")
-  return values
+class StepWindow:
+  """The metrics of the steps since the last log line, kept on the device (no host sync per
+  step) and fetched together when a log line or a checkpoint is due.
+
+  `check(where)` stops the run on the first step whose loss or gradient norm is not finite:
+  FloatingPointError naming the step and its batch's task (or domain). Call it before every
+  checkpoint save, so that no checkpoint holds the parameters of a bad step and the last one
+  is good. `flush(where)` checks too, then returns each metric's mean over the window and
+  `loss/<group>`, the mean loss of each task's (domain's) steps in it, and starts a new window.
+  """
+
+  def __init__(self, group: str = "task"):
+    self.group = group  # what a batch is drawn by: "task" or "domain"
+    self._steps: list[tuple[int, str, Mapping]] = []  # (step, group, device metrics)
+    self._host: list[dict[str, float]] = []  # fetched and checked metrics of the first steps
+
+  def __len__(self) -> int:
+    return len(self._steps)
+
+  def add(self, step: int, group: str, step_metrics: Mapping) -> None:
+    self._steps.append((step, group, step_metrics))
+
+  def check(self, where: str) -> None:
+    new = jax.device_get([m for _, _, m in self._steps[len(self._host):]])
+    for (step, group, _), values in zip(self._steps[len(self._host):], new):
+      values = {k: float(v) for k, v in values.items()}
+      for key in ("loss", "grad_norm"):
+        if key in values and not np.isfinite(values[key]):
+          raise FloatingPointError(f"{where} step {step}: {key} is {values[key]} ({self.group} "
+                                   f"{group}); the last good checkpoint is kept")
+      self._host.append(values)
+
+  def flush(self, where: str) -> dict[str, float]:
+    self.check(where)
+    if not self._host:
+      raise ValueError(f"{where}: no steps to report since the last log line")
+    values = {k: float(np.mean([v[k] for v in self._host])) for k in self._host[0]}
+    losses: dict[str, list[float]] = {}
+    for (_, group, _), host in zip(self._steps, self._host):
+      losses.setdefault(group, []).append(host["loss"])
+    values.update({f"loss/{group}": float(np.mean(v)) for group, v in sorted(losses.items())})
+    self._steps, self._host = [], []
+    return values
 
 
 def progress_line(stage: str, step: int, total: int, metrics: Mapping[str, float]) -> str:

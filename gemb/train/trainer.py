@@ -85,21 +85,24 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
 
 
   is_main = jax.process_index() == 0
+  window = metrics_lib.StepWindow("task")
   window_start, window_examples, window_flops = time.perf_counter(), 0, 0.0
   for current in range(start, total_steps):
     task, host_batch = next(data)
     batch = sharding.shard_batch(host_batch, mesh)
     with jax.set_mesh(mesh):  # activations are constrained by logical names inside the model
       state, step_metrics = train_step(state, batch)
+    done = current + 1
+    window.add(done, task, step_metrics)
     window_examples += batch["query_id"].shape[0]
     window_flops += 3.0 * sum(encoder_flops(config.model, jax.tree.map(jnp.shape, batch[k]))
                               for k in ("query", "positive", "negative") if k in batch)
-    done = current + 1
-    checkpoints.save(manager, done, state, data.get_state(), force=done == total_steps)
+    if done == total_steps or manager.should_save(done):
+      window.check(f"stage {name}")  # a bad step stops the run before its state is saved
+      checkpoints.save(manager, done, state, data.get_state(), force=True)
     if done % config.log_every == 0 or done == total_steps:
-      values = metrics_lib.host_values(step_metrics, f"stage {name} step {done}", f"task {task}")
-      elapsed = time.perf_counter() - window_start
-      steps_in_window = done - max(start, done - config.log_every) or 1
+      elapsed, steps_in_window = time.perf_counter() - window_start, len(window)
+      values = window.flush(f"stage {name}")
       values.update(steps_per_s=steps_in_window / elapsed, examples_per_s=window_examples / elapsed,
                     mfu=window_flops / elapsed / (peak_flops * jax.device_count()))
       values.update({f"data/{k}": v for k, v in data.metrics().items()})
