@@ -98,3 +98,14 @@ def test_a_bad_step_stops_training_before_any_checkpoint_holds_it(tmp_path, monk
   saved = sorted(int(d) for d in os.listdir(tmp_path / "prefinetune" / "checkpoints")
                  if d.isdigit())
   assert saved and max(saved) == 2, saved
+
+
+def test_run_plots_include_each_task_loss(tmp_path):
+  writer = metrics_lib.MetricWriter(str(tmp_path))
+  for step in (1, 2):
+    writer.write(step, {"loss": 2.0 / step, "temperature": 0.05, "loss/text_to_image": 1.0 / step,
+                        "loss/classification": 3.0 / step}, stage="prefinetune")
+  writer.close()
+  trainer.plot_run(tiny_config.get_config(), str(tmp_path), {})
+  assert (tmp_path / "eval" / "training.png").stat().st_size > 0
+  assert (tmp_path / "eval" / "task_losses.png").stat().st_size > 0

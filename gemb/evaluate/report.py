@@ -10,6 +10,7 @@ import os
 import re
 from typing import Callable, Iterable, Mapping, Sequence
 
+import matplotlib
 from matplotlib.figure import Figure  # drawn with the Agg canvas; no pyplot state, no window
 
 _MRL_SUFFIX = re.compile(r"^(?P<base>.+)@dim=(?P<dim>\d+)$")
@@ -88,17 +89,19 @@ def plot_over_steps(records: Iterable, keys: Sequence[str], path: str, title: st
   fig = Figure(figsize=(6.4, 4.0))
   ax = fig.subplots()
   plotted = 0
+  colours = matplotlib.colormaps["tab20" if len(keys) > 10 else "tab10"].colors  # one per key
   for key in keys:
     points = [(step, values[key]) for step, values in pairs if key in values]
     if points:
-      ax.plot(*zip(*points), marker="o", markersize=3, label=key)
+      ax.plot(*zip(*points), marker="o", markersize=3, label=key,
+              color=colours[plotted % len(colours)])
       plotted += 1
   if not plotted:
     raise ValueError(f"none of the keys {list(keys)[:5]} occurs in the records; nothing to plot.")
   ax.set_xlabel("step")
   ax.set_ylabel("value")
   ax.grid(alpha=0.3)
-  ax.legend(fontsize="small")
+  ax.legend(fontsize="small" if plotted <= 6 else "x-small", ncol=1 if plotted <= 6 else 2)
   if title:
     ax.set_title(title)
   return _save(fig, path)

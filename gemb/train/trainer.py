@@ -200,8 +200,9 @@ def train_and_evaluate(config: ConfigDict, workdir: str, only_soups: bool = Fals
 
 
 def plot_run(config: ConfigDict, workdir: str, final: dict) -> None:
-  """WORKDIR/eval/{training.png, mrl.png}: losses and evaluations over (all stages') steps, and the
-  final retrieval R@1 against the MRL prefix dim."""
+  """WORKDIR/eval/{training.png, task_losses.png, mrl.png}: loss, temperature and evaluations
+  over (all stages') steps, each task's loss over steps, and the final retrieval R@1 against
+  the MRL prefix dim."""
   records, offset, last_stage, last_step = [], 0, None, 0
   for record in metrics_lib.read_metrics(workdir):
     if record["stage"] != last_stage:  # stages count steps from 0: lay them end to end
@@ -212,6 +213,10 @@ def plot_run(config: ConfigDict, workdir: str, final: dict) -> None:
   if records:
     report.plot_over_steps(records, ["loss", "temperature", *r1],
                            os.path.join(workdir, "eval", "training.png"), title="training")
+    task_losses = sorted({k for _, record in records for k in record if k.startswith("loss/")})
+    if task_losses:
+      report.plot_over_steps(records, task_losses, os.path.join(workdir, "eval", "task_losses.png"),
+                             title="loss of each task's batches")
   if r1 and any("@dim=" in k for k in final):
     report.plot_mrl(final, r1, os.path.join(workdir, "eval", "mrl.png"),
                     full_dim=config.model.embed_dim, title="R@1 against embedding dim")
