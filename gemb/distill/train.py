@@ -90,9 +90,8 @@ def train_student(config: ConfigDict, workdir: str, name: str, teachers: Mapping
       state, step_metrics = step_fn(state, batch, teacher_query, teacher_positive, hyper)
     done = current + 1
     window.add(done, domain, step_metrics)
-    if done == total_steps or manager.should_save(done):
-      window.check(f"student {name}")  # a bad step stops the run before its state is saved
-      checkpoints.save(manager, done, state, data.get_state(), force=True)
+    checkpoints.save(manager, done, state, data.get_state(), force=done == total_steps,
+                     before_save=lambda: window.check(f"student {name}"))  # no bad step saved
     if done % config.log_every == 0 or done == total_steps:
       values = {"steps_per_s": len(window) / (time.perf_counter() - window_start)}
       values.update(window.flush(f"student {name}"))

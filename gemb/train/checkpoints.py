@@ -7,7 +7,7 @@ checkpoints, and `latest_step` never sees a partial one.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,15 +33,21 @@ ITEMS = ("params", "train", "data")
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dict,
-         force: bool = False) -> bool:
+         force: bool = False, before_save: Callable[[], None] | None = None) -> bool:
   """Saves (asynchronously) if `step` is due under the manager's interval, or if `force`.
 
   `state` is the train state dict {"params": {"encoder": ..., loss params}, "opt_state", ...};
-  a soup passes {"params": {"encoder": ...}} alone.
+  a soup passes {"params": {"encoder": ...}} alone. `before_save` runs only when a save is
+  due, before it: a trainer's check that raises on a bad step keeps that step out of every
+  checkpoint.
   """
+  if not (force or manager.should_save(step)):
+    return False
+  if before_save is not None:
+    before_save()
   train = {k: v for k, v in state.items() if k != "params"}
   train["loss_params"] = {k: v for k, v in state["params"].items() if k != "encoder"}
-  return manager.save(step, force=force, args=ocp.args.Composite(
+  return manager.save(step, force=True, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state["params"]["encoder"]),
       train=ocp.args.StandardSave(train), data=ocp.args.JsonSave(data_state)))
 

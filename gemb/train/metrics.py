@@ -90,8 +90,8 @@ class StepWindow:
     self._steps.append((step, group, step_metrics))
 
   def check(self, where: str) -> None:
-    new = jax.device_get([m for _, _, m in self._steps[len(self._host):]])
-    for (step, group, _), values in zip(self._steps[len(self._host):], new):
+    unchecked = self._steps[len(self._host):]
+    for (step, group, _), values in zip(unchecked, jax.device_get([m for *_, m in unchecked])):
       values = {k: float(v) for k, v in values.items()}
       for key in ("loss", "grad_norm"):
         if key in values and not np.isfinite(values[key]):

@@ -97,9 +97,8 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
     window_examples += batch["query_id"].shape[0]
     window_flops += 3.0 * sum(encoder_flops(config.model, jax.tree.map(jnp.shape, batch[k]))
                               for k in ("query", "positive", "negative") if k in batch)
-    if done == total_steps or manager.should_save(done):
-      window.check(f"stage {name}")  # a bad step stops the run before its state is saved
-      checkpoints.save(manager, done, state, data.get_state(), force=True)
+    checkpoints.save(manager, done, state, data.get_state(), force=done == total_steps,
+                     before_save=lambda: window.check(f"stage {name}"))  # no bad step saved
     if done % config.log_every == 0 or done == total_steps:
       elapsed, steps_in_window = time.perf_counter() - window_start, len(window)
       values = window.flush(f"stage {name}")
