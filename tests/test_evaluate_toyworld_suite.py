@@ -81,3 +81,71 @@ def test_an_embedding_of_what_a_sound_shows_finds_every_image_of_it():
   results = suite.run_suite("toyworld", {"audio_to_image": tasks["audio_to_image"]}, embed_fn)
   assert results["toyworld/audio_to_image/R@1"] == 1.0
   assert results["toyworld/audio_to_image/R@1@reverse"] == 1.0
+
+
+def _pixel_colour(image: np.ndarray) -> int:
+  """The colour of a single-object image, read from its bright (object) pixels."""
+  image = image.astype(np.float32)
+  mean_rgb = image[image.max(axis=-1) > 140].mean(axis=0)
+  return int(np.argmin(np.abs(COLOUR_RGB - mean_rgb).sum(axis=1)))
+
+
+def test_the_held_out_shape_probe_fits_on_balanced_pairs_and_tests_on_held_out_ones():
+  fit, fit_shapes, test, test_shapes = toyworld_suite.held_out_shape_probe_data(128, 0, WORLD)
+  held = {(toyworld.SHAPES.index(s), toyworld.COLOURS.index(c))
+          for s, c in toyworld.held_out_combinations(WORLD)}
+  fit_pairs = [(s, _pixel_colour(p[0]["image"])) for p, s in zip(fit, fit_shapes)]
+  counts = {pair: fit_pairs.count(pair) for pair in set(fit_pairs)}
+  assert len(counts) == len(toyworld.SHAPES) * len(toyworld.COLOURS)
+  assert set(counts.values()) == {128 // 40}  # every pair equally often: colour tells no shape
+  test_pairs = {(s, _pixel_colour(p[0]["image"])) for p, s in zip(test, test_shapes)}
+  assert test_pairs == held and len(test) == 128
+
+
+def test_the_held_out_shape_probe_scores_shape_and_not_colour():
+  n = 128
+  probe = toyworld_suite.build({"num_candidates": n, "mrl": False},
+                               world=WORLD)["probe_image_shape_held_out"]
+  fit, fit_shapes, test, test_shapes = toyworld_suite.held_out_shape_probe_data(n, 0, WORLD)
+  shape_of = {p[0]["image"].tobytes(): s for p, s in zip(fit + test, fit_shapes + test_shapes)}
+
+  def shape_fn(batch):
+    return np.eye(len(toyworld.SHAPES), dtype=np.float32)[
+        [shape_of[p[0]["image"].tobytes()] for p in batch]]
+
+  def colour_fn(batch):  # every colour and no shape: in held-out pairs colour fixes the shape
+    return np.eye(len(toyworld.COLOURS), dtype=np.float32)[
+        [_pixel_colour(p[0]["image"]) for p in batch]]
+
+  tasks = {"probe_image_shape_held_out": probe}
+  assert suite.run_suite("toyworld", tasks, shape_fn)[
+      "toyworld/probe_image_shape_held_out/accuracy"] == 1.0
+  assert suite.run_suite("toyworld", tasks, colour_fn)[
+      "toyworld/probe_image_shape_held_out/accuracy"] <= 0.25  # chance 0.2; 1/8 or 2/8 on ties
+
+
+def test_a_shape_embedding_classifies_perfectly_and_a_random_one_at_chance():
+  n = 128
+  tasks = toyworld_suite.build({"num_candidates": n, "mrl": False}, world=WORLD)
+  label_of = {toyworld.answer_word("en", "shape", k): k for k in range(len(toyworld.SHAPES))}
+  for split in ("train", "eval"):
+    for i in range(n):
+      ex = toyworld.example("classification", split, i, 0, WORLD)
+      label_of[ex["query"][0]["image"].tobytes()] = ex["label"]
+
+  def key(parts):
+    return parts[0]["text"] if "text" in parts[0] else parts[0]["image"].tobytes()
+
+  def shape_fn(batch):  # the main object's shape (a label word's own shape), one-hot
+    return np.eye(len(toyworld.SHAPES), dtype=np.float32)[[label_of[key(p)] for p in batch]]
+
+  def random_fn(batch):  # a random vector per input, seeded by its content
+    return np.stack([np.random.default_rng(zlib.crc32(
+        k.encode() if isinstance(k, str) else k)).normal(size=16) for k in map(key, batch)]
+                    ).astype(np.float32)
+
+  chosen = {name: tasks[name] for name in ("classification", "classification_zero_shot")}
+  for fn, check in ((shape_fn, lambda x: x == 1.0), (random_fn, lambda x: x < 0.32)):
+    results = suite.run_suite("toyworld", chosen, fn)  # random: chance 0.2, 3 sd at n=128 0.31
+    assert check(results["toyworld/classification/accuracy"]), fn
+    assert check(results["toyworld/classification_zero_shot/R@1"]), fn

@@ -4,7 +4,10 @@ Built from the eval split, whose scenes all contain a (shape, colour) pair never
 training, so every score measures compositional generalisation. Retrieval tasks score each
 query against `num_candidates` targets; a target is relevant when its identity key equals the
 query's own target's (an identical scene rendered twice is a correct answer either way).
-Queries carry their task string, as in training.
+Queries carry their task string, as in training. Probes are fitted on train scenes (the
+classification and multilabel probes are then tested on eval scenes, the attribute probes on
+other train scenes), except probe_image_shape_held_out: fitted on every (shape, colour) pair
+equally often, tested on held-out pairs.
 """
 from __future__ import annotations
 
@@ -69,13 +72,40 @@ def attribute_probe_data(modality: str, count: int, seed: int, world) -> tuple[l
   return inputs, labels
 
 
+def held_out_shape_probe_data(count: int, seed: int, world) -> tuple[list, list, list, list]:
+  """Single-object images for a shape probe that colour cannot help: to fit on, every (shape,
+  colour) pair equally often, held-out pairs included (40 * (count // 40) images, so colour says
+  nothing of shape); to test on, `count` images of held-out pairs (random size and position).
+  -> (fit inputs, fit shapes, test inputs, test shapes)."""
+  if not isinstance(world, toyworld.WorldConfig):
+    world = toyworld.WorldConfig.from_config(world)
+  every = [(s, c) for s in range(len(toyworld.SHAPES)) for c in range(len(toyworld.COLOURS))]
+  held = sorted((toyworld.SHAPES.index(s), toyworld.COLOURS.index(c))
+                for s, c in toyworld.held_out_combinations(world))
+  if count < len(every):
+    raise ValueError(f"the held-out shape probe needs num_candidates >= {len(every)} (one image "
+                     f"per shape/colour pair to fit on), got {count}")
+  rng = np.random.default_rng([seed, 1100])
+
+  def render(pairs):
+    objects = [toyworld.Obj(s, c, int(rng.integers(len(toyworld.SIZES))),
+                            int(rng.integers(len(toyworld.POSITIONS))), 0) for s, c in pairs]
+    return ([[{"image": toyworld.render_image((o,), rng, world)}] for o in objects],
+            [o.shape for o in objects])
+
+  fit = every * (count // len(every))
+  test = [held[i % len(held)] for i in range(count)]
+  return (*render(fit), *render(test))
+
+
 def build(eval_cfg: Mapping[str, Any], mrl_dims=(), world=None) -> dict[str, Any]:
   """Task name -> evaluator for `config.eval` (num_candidates, split, seed, batch_size, ...)."""
   n = int(eval_cfg["num_candidates"])
   split, seed = eval_cfg.get("split", "eval"), int(eval_cfg.get("seed", 0))
   common = dict(batch_size=int(eval_cfg.get("batch_size", 128)), mrl_dims=tuple(
       mrl_dims) if eval_cfg.get("mrl", True) else ())
-  world = world or toyworld.DEFAULT_CONFIG
+  world = toyworld.WorldConfig.from_config(world) if not isinstance(
+      world, toyworld.WorldConfig) else world
   quantization = ("int8", "binary") if eval_cfg.get("quantized", False) else ()
   tasks: dict[str, Any] = {}
   for task in RETRIEVAL:
@@ -95,13 +125,24 @@ def build(eval_cfg: Mapping[str, Any], mrl_dims=(), world=None) -> dict[str, Any
                                  inputs_b=[ex["positive"] for ex in sts],
                                  scores=[ex["score"] for ex in sts], **common)
 
-  # Classification: a probe trained on train-split images, tested on held-out eval images.
+  # Classification (the shape of each scene's largest object): a probe fitted on train-split
+  # images, tested on eval images, whose main objects are mostly a held-out (shape, colour) pair.
+  # In train every colour lacks one shape, exactly the one it has in those pairs, so a probe that
+  # reads colour votes against the right answer: this is the transfer of a classifier fitted on
+  # seen compositions (probe_image_shape_held_out below measures the shape alone).
   train = _examples("classification", "train", n, seed, world)
   test = _examples("classification", split, n, seed, world)
   tasks["classification"] = registry.create(
       "classification", train_inputs=[ex["query"] for ex in train],
       train_labels=[ex["label"] for ex in train], test_inputs=[ex["query"] for ex in test],
       test_labels=[ex["label"] for ex in test], **common)
+  # Zero-shot: each eval image against the label words, as the training task pairs them (R@1 is
+  # the accuracy; words of the first configured language).
+  tasks["classification_zero_shot"] = registry.create(
+      "retrieval", queries=_queries("classification", test),
+      corpus=[[{"text": toyworld.answer_word(world.languages[0], "shape", label)}]
+              for label in range(len(toyworld.CLASS_NAMES))],
+      relevant=[{ex["label"]} for ex in test], ks=(1,), **common)
   tasks["clustering"] = registry.create(
       "clustering", inputs=[ex["query"] for ex in test], labels=[ex["label"] for ex in test],
       seed=seed, **common)
@@ -148,4 +189,8 @@ def build(eval_cfg: Mapping[str, Any], mrl_dims=(), world=None) -> dict[str, Any
       tasks[f"probe_{modality}_{attribute}"] = registry.create(
           "classification", train_inputs=inputs[:half], train_labels=labels[attribute][:half],
           test_inputs=inputs[half:], test_labels=labels[attribute][half:], **common)
+  fit_inputs, fit_labels, test_inputs, test_labels = held_out_shape_probe_data(n, seed, world)
+  tasks["probe_image_shape_held_out"] = registry.create(
+      "classification", train_inputs=fit_inputs, train_labels=fit_labels,
+      test_inputs=test_inputs, test_labels=test_labels, **common)
   return tasks
