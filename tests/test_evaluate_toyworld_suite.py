@@ -12,16 +12,25 @@ from gemb.evaluate import suite, toyworld_suite
 WORLD = toyworld.DEFAULT_CONFIG
 
 
+def _object_mask(image: np.ndarray) -> np.ndarray:
+  """The object's pixels: the background is dark (channels <= 60 + gradient + noise), the
+  object saturated."""
+  return image.max(axis=-1) > 140
+
+
+def _pixel_colour(image: np.ndarray) -> int:
+  """The colour of a single-object image, read from its object pixels."""
+  mean_rgb = image.astype(np.float32)[_object_mask(image)].mean(axis=0)
+  return int(np.argmin(np.abs(COLOUR_RGB - mean_rgb).sum(axis=1)))
+
+
 def test_image_probe_labels_are_the_rendered_colour_and_size():
   inputs, labels = toyworld_suite.attribute_probe_data("image", 64, seed=0, world=WORLD)
   pixels_by_size = {s: [] for s in range(len(toyworld.SIZES))}
   for parts, colour, size in zip(inputs, labels["colour"], labels["size"]):
-    image = parts[0]["image"].astype(np.float32)
-    # The background is dark (channels <= 60 + gradient + noise); the object is saturated.
-    mask = image.max(axis=-1) > 140
-    mean_rgb = image[mask].mean(axis=0)
-    assert np.argmin(np.abs(COLOUR_RGB - mean_rgb).sum(axis=1)) == colour
-    pixels_by_size[size].append(mask.sum())
+    image = parts[0]["image"]
+    assert _pixel_colour(image) == colour
+    pixels_by_size[size].append(_object_mask(image).sum())
   means = [np.mean(pixels_by_size[s]) for s in range(len(toyworld.SIZES))]
   assert means == sorted(means) and means[0] < 0.6 * means[-1]
 
@@ -81,13 +90,6 @@ def test_an_embedding_of_what_a_sound_shows_finds_every_image_of_it():
   results = suite.run_suite("toyworld", {"audio_to_image": tasks["audio_to_image"]}, embed_fn)
   assert results["toyworld/audio_to_image/R@1"] == 1.0
   assert results["toyworld/audio_to_image/R@1@reverse"] == 1.0
-
-
-def _pixel_colour(image: np.ndarray) -> int:
-  """The colour of a single-object image, read from its bright (object) pixels."""
-  image = image.astype(np.float32)
-  mean_rgb = image[image.max(axis=-1) > 140].mean(axis=0)
-  return int(np.argmin(np.abs(COLOUR_RGB - mean_rgb).sum(axis=1)))
 
 
 def test_the_held_out_shape_probe_fits_on_balanced_pairs_and_tests_on_held_out_ones():

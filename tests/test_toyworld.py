@@ -358,6 +358,8 @@ def test_most_eval_scenes_are_distinct_among_256():
 def test_config_from_mapping_rejects_unknown_keys():
   cfg = tw.WorldConfig.from_config({"image_size": [64, 64], "count_weights": [1, 1, 1]})
   assert cfg.image_size == (64, 64) and cfg.max_objects == 3
+  assert tw.WorldConfig.from_config(cfg) is cfg and tw.WorldConfig.from_config(None) == (
+      tw.DEFAULT_CONFIG)
   image = tw.example("text_to_image", "train", 0, config=cfg)["positive"][0]["image"]
   assert image.shape == (64, 64, 3)
   with pytest.raises(ValueError, match="unknown ToyWorld config keys"):

@@ -222,8 +222,7 @@ def _build(task: str, split: str, index: int, seed: int, config) -> tuple[dict, 
     raise ValueError(f"unknown split {split!r}; known: {SPLITS}")
   if index < 0 or seed < 0:
     raise ValueError(f"index ({index}) and seed ({seed}) must be >= 0")
-  if not isinstance(config, WorldConfig):
-    config = WorldConfig.from_config(config)
+  config = WorldConfig.from_config(config)
   rng = np.random.default_rng([seed, SPLIT_IDS[split], TASK_IDS[task], index])
   ex, scenes = _BUILDERS[task](rng, split, config)
   return dict(task=task, **ex), scenes
@@ -257,7 +256,7 @@ class ToyWorldSource:
     if size <= 0:
       raise ValueError(f"ToyWorldSource size must be positive, got {size}")
     self.task, self.split, self.size, self.seed = task, split, int(size), int(seed)
-    self.config = config if isinstance(config, WorldConfig) else WorldConfig.from_config(config)
+    self.config = WorldConfig.from_config(config)
 
   def __len__(self) -> int:
     return self.size

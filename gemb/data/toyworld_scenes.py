@@ -117,8 +117,11 @@ class WorldConfig:
                        "lower pitch_hz or raise sample_rate")
 
   @classmethod
-  def from_config(cls, cfg: Mapping[str, Any] | None) -> "WorldConfig":
-    """Builds a WorldConfig from a `config.data.toyworld`-style mapping (unknown keys fail)."""
+  def from_config(cls, cfg: "Mapping[str, Any] | WorldConfig | None") -> "WorldConfig":
+    """Builds a WorldConfig from a `config.data.toyworld`-style mapping (unknown keys fail);
+    None gives the defaults and a WorldConfig is returned as it is."""
+    if isinstance(cfg, WorldConfig):
+      return cfg
     if cfg is None:
       return cls()
     fields = {f.name for f in dataclasses.fields(cls)}

@@ -59,8 +59,7 @@ def attribute_probe_data(modality: str, count: int, seed: int, world) -> tuple[l
   attribute labels: ([[part], ...], {attribute: [label, ...]} for PROBE_ATTRIBUTES)."""
   if modality not in PROBE_MODALITIES:
     raise ValueError(f"attribute probes are for {PROBE_MODALITIES}, not {modality!r}")
-  if not isinstance(world, toyworld.WorldConfig):
-    world = toyworld.WorldConfig.from_config(world)
+  world = toyworld.WorldConfig.from_config(world)
   render = {"image": toyworld.render_image, "audio": toyworld.render_audio}[modality]
   rng = np.random.default_rng([seed, 1000 + PROBE_MODALITIES.index(modality)])
   inputs, labels = [], {a: [] for a in PROBE_ATTRIBUTES}
@@ -77,8 +76,7 @@ def held_out_shape_probe_data(count: int, seed: int, world) -> tuple[list, list,
   colour) pair equally often, held-out pairs included (40 * (count // 40) images, so colour says
   nothing of shape); to test on, `count` images of held-out pairs (random size and position).
   -> (fit inputs, fit shapes, test inputs, test shapes)."""
-  if not isinstance(world, toyworld.WorldConfig):
-    world = toyworld.WorldConfig.from_config(world)
+  world = toyworld.WorldConfig.from_config(world)
   every = [(s, c) for s in range(len(toyworld.SHAPES)) for c in range(len(toyworld.COLOURS))]
   held = sorted((toyworld.SHAPES.index(s), toyworld.COLOURS.index(c))
                 for s, c in toyworld.held_out_combinations(world))
@@ -104,8 +102,7 @@ def build(eval_cfg: Mapping[str, Any], mrl_dims=(), world=None) -> dict[str, Any
   split, seed = eval_cfg.get("split", "eval"), int(eval_cfg.get("seed", 0))
   common = dict(batch_size=int(eval_cfg.get("batch_size", 128)), mrl_dims=tuple(
       mrl_dims) if eval_cfg.get("mrl", True) else ())
-  world = toyworld.WorldConfig.from_config(world) if not isinstance(
-      world, toyworld.WorldConfig) else world
+  world = toyworld.WorldConfig.from_config(world)
   quantization = ("int8", "binary") if eval_cfg.get("quantized", False) else ()
   tasks: dict[str, Any] = {}
   for task in RETRIEVAL:
