@@ -58,6 +58,13 @@ def test_step_window_reports_means_over_its_steps_and_per_task_losses():
   assert window.flush("stage s") == {"loss": 3.0, "loss/b": 3.0}  # a new window
 
 
+def test_matmul_peak_is_the_best_of_its_timed_repeats():
+  # A fake clock: the repeats take 4, 1 and 2 ms; the peak is the FLOPs over the fastest one.
+  ticks = iter([0.0, 0.004, 1.0, 1.001, 2.0, 2.002])
+  peak = metrics_lib.measure_matmul_peak(n=8, repeats=3, clock=lambda: next(ticks))
+  assert peak == pytest.approx(2 * 8 ** 3 / 0.001)
+
+
 @pytest.mark.parametrize("key, bad", [("loss", np.nan), ("grad_norm", np.inf)])
 def test_step_window_stops_on_the_first_bad_step_not_only_the_last(key, bad):
   window = metrics_lib.StepWindow("task")
