@@ -25,23 +25,11 @@ def get_config(arg=None):
   rates["text_to_image"] = rates["image_to_text"] = 3.0
   rates["text_to_audio"] = rates["audio_to_image"] = 2.0
   c.stages.finetune.mixture = recipe.mixture(rates, 64)
-  # Convolutions before the patch embedding: ToyWorld's objects are 5-10 px wide, and a linear
-  # embedding of 8x8 patches must learn each shape at every offset within a patch. Images: a
-  # stride-1 convolution first (edges at full resolution) and a stride-1 one last (each 8x8
-  # patch's features see 31 px, a whole object): the classification task trained alone for 300
-  # steps reaches 0.57 on held-out shapes, vs 0.36 with three stride-2 convolutions. Video
-  # frames keep those three: 8 frames per video made the deeper front cost 40% of the run.
-  c.model.image_conv_channels = (16, 32, 64, 64, 64)
-  c.model.image_conv_strides = (1, 2, 2, 2, 1)
-  c.model.video_conv_channels = (16, 32, 64)
-  # Each patch's mean colour beside the conv features, at a quarter of the pixels' scale: at
-  # full scale colour is learnt at once and shape never (held-out classification 0.11, below the
-  # 0.2 of chance; shape probe 0.30), without it colour is learnt slowly (multilabel colour F1
-  # 0.12, colour probe 0.36). 0.1 and 0.25 both learn both; 0.25 retrieves better.
-  c.model.patch_colour_gain = 0.25
-  # 80 ms of the whole spectrum per audio token: half the tokens of (4, 32), a pulse of the
-  # fastest (12 Hz) sound fits in one token (single-task text->audio R@1 0.39 vs 0.35).
-  c.model.audio_patch = (8, 32)
+  # Each patch's mean colour at a quarter of the pixels' scale: at full scale colour is learnt
+  # at once and shape never (held-out classification 0.11, below the 0.2 of chance; shape probe
+  # 0.30), without it colour is learnt slowly (multilabel colour F1 0.12, colour probe 0.36).
+  # 0.1 and 0.25 both learn both; 0.25 retrieves better.
+  recipe.conv_stems(c.model, colour_gain=0.25)
   c.optim.warmup_steps = 30
   c.log_every = 50
   return c

@@ -16,13 +16,9 @@ def get_config(arg=None):
   c.model.num_heads = 4
   c.model.embed_dim = 128
   c.model.mrl_dims = (32, 64, 128)
-  # The smoke's stems (configs/smoke.py says why), with each patch's mean colour at half the
-  # pixels' scale: at this size gain 0.25 learnt shape and lost colour (README has both runs).
-  c.model.image_conv_channels = (16, 32, 64, 64, 64)
-  c.model.image_conv_strides = (1, 2, 2, 2, 1)
-  c.model.video_conv_channels = (16, 32, 64)
-  c.model.patch_colour_gain = 0.5
-  c.model.audio_patch = (8, 32)
+  # The smoke's stems, with each patch's mean colour at half the pixels' scale: at this size
+  # gain 0.25 learnt shape and lost colour (README has both runs).
+  recipe.conv_stems(c.model, colour_gain=0.5)
   c.log_every = 100
   # At this size the fused step is 1.44x faster per step than the per-side one (bench.train,
   # idle 2-core machine), which outweighs its longer compile (~3 min vs ~1) over 3000 steps.
