@@ -115,8 +115,14 @@ class Mlp(nnx.Module):
                            bias_metadata=logical_axes("embed"))
 
   def __call__(self, x):
-    hidden = constrain(jax.nn.gelu(self.up(x)), ("batch", "length", "mlp"))  # [B, N, F]
-    return self.down(hidden)
+    # Both products take the tokens as the rows of one matrix, [B * N, D]. Over [B, N, D] the
+    # weight gradients contract two axes, which XLA's CPU backend transposes and copies first:
+    # this block's forward + backward at [128, 48, 128] took 2.1x as long, and a toyworld train
+    # step ~5% longer. The reshapes are free.
+    rows = x.reshape(-1, x.shape[-1])  # [B * N, D]
+    hidden = jax.nn.gelu(self.up(rows)).reshape(*x.shape[:-1], -1)  # [B, N, F]
+    hidden = constrain(hidden, ("batch", "length", "mlp"))
+    return self.down(hidden.reshape(rows.shape[0], -1)).reshape(x.shape)
 
 
 def _layer_norm(cfg, dtype, rngs):
