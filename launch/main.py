@@ -75,4 +75,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from gemb import allocator
+  allocator.use_tcmalloc()  # re-executes this command under tcmalloc, once (see its docstring)
   app.run(main)

@@ -13,3 +13,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# tcmalloc: CPU training steps run ~1.5x faster with it (gemb/allocator.py says why, and
+# preloads it). Installed here where this shell may use apt-get; else training warns once.
+install_tcmalloc() {
+  local apt=(timeout 300 env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)
+  "${apt[@]}" install libtcmalloc-minimal4 \
+    || { "${apt[@]}" update && "${apt[@]}" install libtcmalloc-minimal4; }
+}
+if [ "$(uname -s)" = Linux ] && ! ldconfig -p 2>/dev/null | grep -q libtcmalloc \
+    && [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+  install_tcmalloc > /dev/null 2>&1 || echo "note: apt-get could not install libtcmalloc-minimal4" >&2
+fi

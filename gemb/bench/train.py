@@ -9,6 +9,9 @@ model FLOPs per second (3x the encoder's forward matmul FLOPs per side, 4x with 
 f32 matmul peak measured on this device at start. Compilation is reported apart. Each stage
 runs with the fused step (one program per task) and the per-side step (programs per side
 layout), side by side, and the last column is fused/per-side steps/s.
+
+It runs under tcmalloc where that is installed (gemb/allocator.py);
+`GEMB_ALLOCATOR=system python -m gemb.bench.train` measures with glibc's malloc.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import time
 import jax
 from absl import app, flags
 
-from gemb import sharding
+from gemb import allocator, sharding
 from gemb.data import pipeline
 from gemb.model.flops import encoder_flops
 from gemb.train import metrics, trainer
@@ -75,7 +78,8 @@ def main(argv):
   del argv
   peak = metrics.measure_matmul_peak()
   print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s per device")
+        f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s per device, "
+        f"memory allocator: {allocator.in_use()}")
   print(f"{'config':<22} {'stage':<12} {'step':<9} {'tasks':>5} {'compile s':>10} "
         f"{'steps/s':>8} {'examples/s':>11} {'MFU':>6} {'fused/per-side':>15}")
   for path in FLAGS.configs:
@@ -97,4 +101,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  allocator.use_tcmalloc()  # GEMB_ALLOCATOR=system to bench glibc's malloc instead
   app.run(main)

@@ -17,7 +17,7 @@ from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
 
-from gemb import sharding
+from gemb import allocator, sharding
 from gemb.model.encoder import Encoder
 from gemb.model.flops import encoder_flops
 from gemb.train import checkpoints, config_check, evaluation, metrics as metrics_lib, optim, step
@@ -181,7 +181,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, only_soups: bool = Fals
   mesh = sharding.make_mesh(config.mesh)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   peak = metrics_lib.measure_matmul_peak()
-  logging.info("measured matmul peak: %.3g FLOP/s per device", peak)
+  logging.info("measured matmul peak: %.3g FLOP/s per device; memory allocator: %s", peak,
+               allocator.in_use())
   last = None
   for name in config.stage_order:
     kind = config.stages[name].get("type", "train")
