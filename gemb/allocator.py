@@ -4,7 +4,8 @@ XLA's CPU runtime allocates each step's temporaries afresh and frees them after 
 serves allocations this large with mmap and frees them with munmap, so every step faults its
 temporaries in again, 4 KiB at a time: a toyworld pre-finetuning step on 2 cores took 192,000
 page faults and ~0.4 s of kernel time for 0.8 s of wall time. tcmalloc keeps freed memory for
-the next step: no faults, and 1.4-1.5x the steps/s (README, "Benchmarks").
+the next step: no faults, and 1.5x the toyworld steps/s (README, "Training: what a run does
+and prints").
 
 A process chooses its allocator when it starts, so `use_tcmalloc()` re-executes the entry point
 (same pid, same arguments) with tcmalloc in LD_PRELOAD, before it does any work. launch/venv.sh
@@ -58,9 +59,9 @@ def use_tcmalloc() -> None:
     return
   library = find_tcmalloc()
   if library is None:
-    logging.warning("tcmalloc is not installed, so CPU training steps run ~1.5x slower "
-                    "(gemb/allocator.py says why). On Debian/Ubuntu: apt-get install "
-                    "libtcmalloc-minimal4. GEMB_ALLOCATOR=system silences this.")
+    logging.warning("tcmalloc is not installed: on the CPU backend, training steps run ~1.5x "
+                    "slower without it (gemb/allocator.py says why). On Debian/Ubuntu: apt-get "
+                    "install libtcmalloc-minimal4. GEMB_ALLOCATOR=system silences this.")
     return
   env = dict(os.environ, LD_PRELOAD=":".join(p for p in (library, preload) if p),
              TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=REPORT_THRESHOLD)

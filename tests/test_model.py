@@ -7,7 +7,7 @@ from flax import nnx
 
 from configs.model_presets import get_model_config
 from gemb.data.packing import Layout, pack_inputs
-from gemb.model.encoder import Encoder, mrl_prefixes
+from gemb.model.encoder import Encoder, Mlp, mrl_prefixes
 from gemb.model.flops import encoder_flops
 from gemb.model.inputs import check_side
 from gemb.model.stems import PixelPatches
@@ -74,6 +74,21 @@ def test_embeddings_are_unit_vectors_of_embed_dim(cfg, model, inputs, max_parts)
   np.testing.assert_allclose(np.linalg.norm(embeddings, axis=-1), 1.0, rtol=1e-6)
   # Different inputs get different embeddings.
   assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-3
+
+
+def test_mlp_applies_the_same_two_layer_gelu_map_to_every_token(cfg):
+  # It multiplies [B * N, D] rows (faster on XLA's CPU backend): no token may see another's.
+  mlp = Mlp(cfg, jnp.float32, rngs=nnx.Rngs(1))
+  x = RNG.normal(size=(3, 5, cfg.width)).astype(np.float32)
+  for l in (mlp.up, mlp.down):  # nonzero biases, so a misplaced one shows
+    l.bias[...] = RNG.normal(size=l.bias.shape).astype(np.float32)
+  up, down = [(np.asarray(l.kernel[...]), np.asarray(l.bias[...])) for l in (mlp.up, mlp.down)]
+  hidden = x.astype(np.float64) @ up[0] + up[1]
+  gelu = 0.5 * hidden * (1 + np.tanh(np.sqrt(2 / np.pi) * (hidden + 0.044715 * hidden ** 3)))
+  want = gelu @ down[0] + down[1]
+  np.testing.assert_allclose(np.asarray(mlp(jnp.asarray(x))), want, rtol=1e-4, atol=1e-5)
+  one_token = np.asarray(mlp(jnp.asarray(x[1:2, 3:4])))  # alone: the same output
+  np.testing.assert_allclose(one_token[0, 0], want[1, 3], rtol=1e-4, atol=1e-5)
 
 
 def test_mrl_prefixes_are_renormalised_prefixes(cfg, model):
