@@ -16,7 +16,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # tcmalloc: CPU training steps run ~1.5x faster with it (gemb/allocator.py says why, and
 # preloads it). Installed here where this shell may use apt-get; else training warns once.
 install_tcmalloc() {
-  local apt=(timeout 300 env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)
+  local apt=(timeout 120 env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)
   "${apt[@]}" install libtcmalloc-minimal4 \
     || { "${apt[@]}" update && "${apt[@]}" install libtcmalloc-minimal4; }
 }
