@@ -113,21 +113,23 @@ def make_per_side_step(*, graphdef, loss_fn: Callable, tx: optax.GradientTransfo
   """The same step as `train_step`, as a few small programs compiled per *side* layout.
 
   A fused step compiles once per task (its query, positive and negative layouts together); a
-  mixture of T tasks over S distinct side layouts compiles T big programs. Here each side is
-  embedded by a program compiled per side layout, the loss by one per batch shape, and the
-  encoder's gradient is the sum over sides of a vector-Jacobian product that recomputes that
-  side's forward pass (one extra forward per side). On a CPU, where compiling dominates short
-  runs, this is several times faster to start; on accelerators prefer the fused step
-  (`config.fused_step=True`). Both give the same losses and updates (tests/test_train_step.py).
+  mixture of T tasks over S distinct side layouts compiles T big programs. Here each side's
+  forward pass is a program compiled per side layout that returns the embeddings and their
+  vector-Jacobian product (`jax.vjp`'s VJP is a pytree of residuals, so it crosses program
+  boundaries), the loss is one program per batch shape, each side's backward pass another per
+  side layout, and the encoder's gradient is the sum over sides. On a CPU, where compiling
+  dominates short runs, this is several times faster to start; on accelerators prefer the fused
+  step (`config.fused_step=True`). Both give the same losses and updates
+  (tests/test_train_step.py).
   """
 
   @jax.jit
   def forward(encoder_params, rest, side, key):
-    return embed_side(graphdef, encoder_params, rest, side, False, key)
+    """(embeddings [B, E], the VJP from their cotangent to the encoder params' gradient)."""
+    return jax.vjp(lambda p: embed_side(graphdef, p, rest, side, False, key), encoder_params)
 
   @jax.jit
-  def backward(encoder_params, rest, side, key, cotangent):
-    _, vjp = jax.vjp(lambda p: embed_side(graphdef, p, rest, side, False, key), encoder_params)
+  def backward(vjp, cotangent):
     return vjp(cotangent)[0]
 
   @jax.jit
@@ -149,12 +151,13 @@ def make_per_side_step(*, graphdef, loss_fn: Callable, tx: optax.GradientTransfo
   def step(state: dict, batch: dict) -> tuple[dict, dict]:
     params, rest, keys = state["params"], state["rest"], side_keys(state)
     names = [name for name in SIDES if name in batch]
-    embeddings = {name: forward(params["encoder"], rest, batch[name], keys[name])
-                  for name in names}
+    embeddings, vjps = {}, {}
+    for name in names:
+      embeddings[name], vjps[name] = forward(params["encoder"], rest, batch[name], keys[name])
     loss, (loss_param_grads, *side_grads) = loss_and_grads(
         params, embeddings["query"], embeddings["positive"], embeddings.get("negative"),
         batch["query_id"], batch["positive_id"])
-    encoder_grads = [backward(params["encoder"], rest, batch[name], keys[name], cotangent)
+    encoder_grads = [backward(vjps[name], cotangent)
                      for name, cotangent in zip(SIDES, side_grads) if name in batch]
     return update(state, encoder_grads, loss_param_grads, loss)
 
