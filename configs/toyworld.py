@@ -20,8 +20,9 @@ def get_config(arg=None):
   # gain 0.25 learnt shape and lost colour (README has both runs).
   recipe.conv_stems(c.model, colour_gain=0.5)
   c.log_every = 100
-  # At this size the fused step is 1.44x faster per step than the per-side one (bench.train,
-  # idle 2-core machine), which outweighs its longer compile (~3 min vs ~1) over 3000 steps.
+  # At this size the fused step is 1.11x / 1.16x faster per step than the per-side one
+  # (bench.train, idle 2-core machine, 2026-12-03), which over 3000 steps outweighs its longer
+  # compile (78 + 95 s vs 29 + 34 s) by ~100 s.
   c.fused_step = True
   c.optim.warmup_steps = 200
   c.stages.prefinetune.eval_every = 1000
