@@ -24,7 +24,7 @@ def toyworld_model(name: str = "tiny") -> ml_collections.ConfigDict:
   """The model preset `name` with ToyWorld's text and audio settings (the recipe's and the
   distillation's models)."""
   model = model_presets.get_model_config(name)
-  # ToyWorld's own SentencePiece tokenizer (gemb/data/toyworld_tokenizer.model): a query with its
+  # ToyWorld's own SentencePiece tokenizer (gemb/datasets/toyworld/tokenizer.model): a query with its
   # task string is at most ~40 tokens (~150 bytes), so a step reads 4x fewer text tokens.
   model.tokenizer = "toyworld"
   model.vocab_size = 1024

@@ -22,7 +22,7 @@ import urllib.parse
 import numpy as np
 from absl import app, flags
 
-from gemb.data import toyworld
+from gemb.datasets import toyworld
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bundle", None, "Bundle to serve in-process on 127.0.0.1 (or use --url).")

@@ -48,17 +48,17 @@ def main(argv):
   config = FLAGS.config
   job = config.get("job", "train")
   if job == "coldstart":
-    from gemb.recsys import report
+    from gemb.proj.coldstart import report
     report.run(config, FLAGS.workdir)
     return
   initialize_distributed()
   if job == "distill":
-    from gemb.distill import run as distill_run
+    from gemb.proj.distill import run as distill_run
     distill_run.run(config, FLAGS.workdir)
     return
   if job != "train":
     raise app.UsageError(f"config.job={job!r}: use 'train', 'distill' or 'coldstart'")
-  from gemb import compilation_cache
+  from gemb.runtime import compilation_cache
   from gemb.train import trainer
   compilation_cache.enable(config, FLAGS.workdir)
   if FLAGS.mode == "train":
@@ -75,6 +75,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from gemb import allocator
+  from gemb.runtime import allocator
   allocator.use_tcmalloc()  # re-executes this command under tcmalloc, once (see its docstring)
   app.run(main)

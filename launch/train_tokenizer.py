@@ -7,7 +7,7 @@ writes tok/gemb.model (and .vocab). The shipped ToyWorld tokenizer (config.model
 "toyworld") was made with
 
   python -m launch.train_tokenizer --toyworld_examples=1000 --vocab_size=1024 --model_type=bpe \
-      --character_coverage=1.0 --normalization=identity --output=gemb/data/toyworld_tokenizer
+      --character_coverage=1.0 --normalization=identity --output=gemb/datasets/toyworld/tokenizer
 
 Use it with `--config.model.tokenizer=tok/gemb.model
 --config.model.vocab_size=8000`. One sentence per line. Ids: 0 = padding (never produced),
@@ -19,12 +19,13 @@ import os
 
 from absl import app, flags
 
-from gemb.data import tokenizer, toyworld
+from gemb.data import tokenizer
+from gemb.datasets import toyworld
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("input", None, "Text files, one sentence per line.")
 flags.DEFINE_integer("toyworld_examples", 0, "Instead of --input: train on the texts of this many "
-                     "ToyWorld training examples per task (gemb.data.toyworld.texts).")
+                     "ToyWorld training examples per task (gemb.datasets.toyworld.texts).")
 flags.DEFINE_enum("normalization", "nmt_nfkc", ["nmt_nfkc", "identity"],
                   "SentencePiece normalization rule; 'identity' keeps text as is (and the "
                   ".model file small).")

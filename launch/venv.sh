@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-# tcmalloc: CPU training steps run ~1.5x faster with it (gemb/allocator.py says why, and
+# tcmalloc: CPU training steps run ~1.5x faster with it (gemb/runtime/allocator.py says why, and
 # preloads it). Installed here where this shell may use apt-get; else training warns once.
 install_tcmalloc() {
   local apt=(timeout 120 env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)

@@ -3,7 +3,7 @@ import pytest
 
 from configs import scale, smoke
 from configs import toyworld as toyworld_config
-from gemb.data import toyworld
+from gemb.datasets import toyworld
 from gemb.train.config_check import ConfigError, check, mesh_shape
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs.model_presets import get_model_config
-from gemb.data import features, make_example_manifest, manifest, toyworld
+from gemb.data import features
+from gemb.datasets import make_example_manifest, manifest, toyworld
 
 MODEL = get_model_config("tiny")
 CFG = features.FeatureConfig.from_config(MODEL)
@@ -145,7 +146,7 @@ def test_shipped_example_manifest_is_small_and_up_to_date(tmp_path):
   assert size < 1_000_000
   fresh = make_example_manifest.write(str(tmp_path))
   with open(fresh) as f, open(os.path.join(shipped, "manifest.jsonl")) as g:
-    assert f.read() == g.read(), "run `python -m gemb.data.make_example_manifest`"
+    assert f.read() == g.read(), "run `python -m gemb.datasets.make_example_manifest`"
   names = sorted(os.listdir(tmp_path / "media"))
   assert names == sorted(os.listdir(os.path.join(shipped, "media")))
   for name in names:  # decoded, with room for last-bit float differences between CPUs

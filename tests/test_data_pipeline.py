@@ -8,7 +8,8 @@ import pytest
 
 from configs import smoke
 from configs.model_presets import get_model_config
-from gemb.data import features, image, manifest, pipeline, toyworld
+from gemb.data import features, image, pipeline
+from gemb.datasets import manifest, toyworld
 from gemb.data.tokenizer import ByteTokenizer
 from gemb.model import inputs
 

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from configs.model_presets import get_model_config
-from gemb.data import features, image, pipeline, tfds_source
+from gemb.data import features, image, pipeline
+from gemb.datasets import tfds as tfds_source
 from gemb.data.tokenizer import ByteTokenizer
 
 tfds = pytest.importorskip("tensorflow_datasets")

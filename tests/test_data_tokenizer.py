@@ -71,7 +71,7 @@ def test_sentencepiece_without_pad_zero_is_rejected(tmp_path):
 
 def test_shipped_toyworld_tokenizer_round_trips_and_fits_the_recipe():
   from configs import recipe
-  from gemb.data import toyworld
+  from gemb.datasets import toyworld
   model = recipe.recipe().model
   tok = tokenizer.make_tokenizer("toyworld", model.vocab_size)
   assert tok.vocab_size == model.vocab_size == 1024

@@ -1,4 +1,4 @@
-"""Tests for gemb.distill, each against an independent reference.
+"""Tests for gemb.proj.distill, each against an independent reference.
 
 References: the distillation objective written plainly in float64 numpy; the ids of every
 ToyWorld example of a domain, recomputed from the raw examples; a teacher run on the fly versus
@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from scipy.special import log_softmax
 
-from configs import distill as distill_config
+from configs.proj import distill as distill_config
 from gemb import sharding
-from gemb.data import pipeline, tokenizer, toyworld
-from gemb.distill import evaluation, run as distill_run, step as distill_step
-from gemb.distill import teachers as teachers_lib, train as distill_train
+from gemb.data import pipeline, tokenizer
+from gemb.datasets import toyworld
+from gemb.proj.distill import evaluation, run as distill_run, step as distill_step
+from gemb.proj.distill import teachers as teachers_lib, train as distill_train
 from gemb.evaluate import registry, toyworld_suite
 from gemb.train import metrics as metrics_lib
 

@@ -5,10 +5,11 @@ import os
 import numpy as np
 
 from configs import model_presets
-from gemb.data import features, manifest
+from gemb.data import features
+from gemb.datasets import manifest
 from gemb.evaluate import manifest_suite, suite
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gemb", "data",
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "gemb", "datasets",
                        "example_manifest", "manifest.jsonl")
 
 

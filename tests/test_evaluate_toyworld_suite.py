@@ -5,8 +5,8 @@ import zlib
 import numpy as np
 import pytest
 
-from gemb.data import toyworld
-from gemb.data.toyworld_signals import COLOUR_RGB
+from gemb.datasets import toyworld
+from gemb.datasets.toyworld.signals import COLOUR_RGB
 from gemb.evaluate import suite, toyworld_suite
 
 WORLD = toyworld.DEFAULT_CONFIG

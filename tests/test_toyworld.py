@@ -6,8 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
-from gemb.data import toyworld as tw
-from gemb.data.toyworld_signals import COLOUR_RGB
+from gemb.datasets import toyworld as tw
+from gemb.datasets.toyworld.signals import COLOUR_RGB
 
 SHAPE, COLOUR, SIZE, POSITION, MOTION = range(5)  # Obj fields, in order
 N_PER_TASK = 12

@@ -10,7 +10,7 @@ f32 matmul peak measured on this device at start. Compilation is reported apart.
 runs with the fused step (one program per task) and the per-side step (programs per side
 layout), side by side, and the last column is fused/per-side steps/s.
 
-It runs under tcmalloc where that is installed (gemb/allocator.py);
+It runs under tcmalloc where that is installed (gemb/runtime/allocator.py);
 `GEMB_ALLOCATOR=system python -m gemb.bench.train` measures with glibc's malloc.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import time
 import jax
 from absl import app, flags
 
-from gemb import allocator, sharding
+from gemb import sharding
+from gemb.runtime import allocator
 from gemb.data import pipeline
 from gemb.model.flops import encoder_flops
 from gemb.train import metrics, trainer

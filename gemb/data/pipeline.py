@@ -42,10 +42,10 @@ config.data keys (DEFAULTS below has every key; unknown keys are an error):
   split                ToyWorld / TFDS split ('train')
   toyworld_size        examples per ToyWorld task (a ToyWorld task is a finite seeded stream)
   toyworld_seed        which ToyWorld universe
-  toyworld             optional ToyWorld WorldConfig overrides (gemb/data/toyworld_scenes.py)
-  manifest             path of a JSONL manifest (gemb/data/manifest.py)
+  toyworld             optional ToyWorld WorldConfig overrides (gemb/datasets/toyworld/scenes.py)
+  manifest             path of a JSONL manifest (gemb/datasets/manifest.py)
   tfds                 {task: {name, split, data_dir, query, positive[, negative]}}, see
-                       gemb/data/tfds_source.py
+                       gemb/datasets/tfds.py
   worker_count         worker processes (0: batches are built in the main process' threads)
   worker_buffer_size   batches each worker keeps ready
   read_threads         threads building batches in each process (0: on demand, no thread)
@@ -132,7 +132,7 @@ def _task_source(name: str, entry: Mapping[str, Any], cfg: Mapping[str, Any],
   """-> (source, {side: max_parts}, default task string) for one mixture entry."""
   source = entry.get("source", cfg["source"])
   if source == "toyworld":
-    from gemb.data import toyworld  # pylint: disable=g-import-not-at-top
+    from gemb.datasets import toyworld  # pylint: disable=g-import-not-at-top
     if name not in toyworld.TASKS:
       raise ValueError(f"{where}.{name}: no ToyWorld task {name!r}; known: "
                        f"{sorted(toyworld.TASKS)}")
@@ -145,14 +145,14 @@ def _task_source(name: str, entry: Mapping[str, Any], cfg: Mapping[str, Any],
                                   cfg["toyworld"])
     return src, parts, task.task_string
   if source == "manifest":
-    from gemb.data import manifest  # pylint: disable=g-import-not-at-top
+    from gemb.datasets import manifest  # pylint: disable=g-import-not-at-top
     if name not in manifest_index.tasks:
       raise ValueError(f"{where}.{name}: manifest {manifest_index.path!r} has no task "
                        f"{name!r}; it has {sorted(manifest_index.tasks)}")
     return (manifest.ManifestSource(manifest_index, name, fcfg),
             manifest_index.tasks[name].max_parts, None)
   if source == "tfds":
-    from gemb.data import tfds_source  # pylint: disable=g-import-not-at-top
+    from gemb.datasets import tfds as tfds_source  # pylint: disable=g-import-not-at-top
     tfds_cfg = dict(cfg["tfds"] or {})
     if name not in tfds_cfg:
       raise ValueError(f"{where}.{name} reads TFDS but config.data.tfds has no entry {name!r}; "
@@ -168,8 +168,8 @@ def _uses_manifest(cfg: Mapping[str, Any], mixture: Mapping[str, Any]) -> bool:
 
 
 def scan_manifest(cfg: Mapping[str, Any]):
-  """The index of config.data.manifest (gemb/data/manifest.py), bad lines logged."""
-  from gemb.data import manifest  # pylint: disable=g-import-not-at-top
+  """The index of config.data.manifest (gemb/datasets/manifest.py), bad lines logged."""
+  from gemb.datasets import manifest  # pylint: disable=g-import-not-at-top
   if not cfg["manifest"]:
     raise ValueError("config.data.manifest is empty but a mixture task reads the manifest")
   index = manifest.scan_manifest(cfg["manifest"], cfg["on_bad_record"])
@@ -504,7 +504,7 @@ def known_tasks(config: Mapping[str, Any]) -> list[str]:
   """The tasks config.data.source offers (ToyWorld tasks, manifest tasks or config.data.tfds)."""
   cfg = data_config(config["data"])
   if cfg["source"] == "toyworld":
-    from gemb.data import toyworld  # pylint: disable=g-import-not-at-top
+    from gemb.datasets import toyworld  # pylint: disable=g-import-not-at-top
     return list(toyworld.TASKS)
   if cfg["source"] == "manifest":
     return list(scan_manifest(cfg).tasks)

@@ -23,8 +23,8 @@ PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 
 
 # Tokenizers shipped with gemb, by name: name -> .model path.
-SHIPPED = {"toyworld": os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                    "toyworld_tokenizer.model")}
+SHIPPED = {"toyworld": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "datasets", "toyworld", "tokenizer.model")}
 
 
 def resolve(name: str) -> str:

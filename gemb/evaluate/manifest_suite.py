@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from gemb.data import features, manifest
+from gemb.data import features
+from gemb.datasets import manifest
 from gemb.evaluate import registry
 
 

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gemb.data import toyworld
+from gemb.datasets import toyworld
 from gemb.data.features import with_task_string
 from gemb.evaluate import registry
 

@@ -17,7 +17,8 @@ from absl import logging
 from flax import nnx
 from ml_collections import ConfigDict
 
-from gemb import allocator, sharding
+from gemb import sharding
+from gemb.runtime import allocator
 from gemb.model.encoder import Encoder
 from gemb.model.flops import encoder_flops
 from gemb.train import checkpoints, config_check, evaluation, metrics as metrics_lib, optim, step

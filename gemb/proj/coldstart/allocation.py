@@ -17,7 +17,7 @@ Everything is vectorised numpy over [N, len(steps)] arrays; a sort over the item
 """
 import numpy as np
 
-from gemb.recsys import discoverability, simulator
+from gemb.proj.coldstart import discoverability, simulator
 
 
 def fund_by_priority(priority: np.ndarray, need: np.ndarray, budget: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The persistent compilation cache of a job (gemb/compilation_cache.py), in a fresh process:
+"""The persistent compilation cache of a job (gemb/runtime/compilation_cache.py), in a fresh process:
 it is global JAX state, so the test must not turn it on for the rest of the suite."""
 import os
 import subprocess
@@ -11,7 +11,7 @@ SCRIPT = textwrap.dedent("""
     import os, sys
     import jax, jax.numpy as jnp
     import ml_collections
-    from gemb import compilation_cache
+    from gemb.runtime import compilation_cache
     workdir = sys.argv[1]
     config = ml_collections.ConfigDict({"compilation_cache_dir": "",
                                         "compilation_cache_min_seconds": 0.0})

@@ -1,6 +1,6 @@
 """Distilling domain specialists into one universal model (issue 7), CPU-sized on ToyWorld.
 
-  python -m launch.main --config=configs/distill.py --workdir=runs/distill
+  python -m launch.main --config=configs/proj/distill.py --workdir=runs/distill
 
 Four domains that differ in modality or style: captions -> images, programs -> images,
 captions -> sounds, captions -> videos. One specialist per domain is trained on it alone; the
@@ -16,7 +16,7 @@ Any domain can also be a manifest or TFDS task: add `source='manifest'` (or 'tfd
 config.domains entry and to its specialist's mixture, and set config.data.manifest /
 config.data.tfds (and config.eval.manifest for held-out examples in their own file).
 An outside model as a specialist: config.specialists.<domain> = dict(type='table', path=...)
-(a .npz of embeddings per example id; see gemb/distill/teachers.py).
+(a .npz of embeddings per example id; see gemb/proj/distill/teachers.py).
 """
 import ml_collections
 
@@ -81,7 +81,7 @@ def train_config(rates: dict, steps: int, batch_size: int, tiny: bool, lr: float
 def get_config(arg=None):
   tiny = arg == "tiny"
   if arg not in (None, "", "tiny"):
-    raise ValueError(f"configs/distill.py takes no arg or 'tiny', got {arg!r}")
+    raise ValueError(f"configs/proj/distill.py takes no arg or 'tiny', got {arg!r}")
   if tiny:
     return build(tiny=True, domains=DOMAINS[:2], steps=4, specialist_steps=4, batch_size=8,
                  lr=2e-3, warmup=1, checkpoint_every=2, num_candidates=32)

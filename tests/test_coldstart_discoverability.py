@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 from scipy import optimize
 
-from gemb.recsys import discoverability
+from gemb.proj.coldstart import discoverability
 
 
 def _model_config(**overrides):

@@ -4,7 +4,7 @@ Captions are templated and parallel across languages: the paraphrase choices (ob
 object template, scene wrapper) are drawn from the rng before the language is used, so the
 same rng state gives the same caption in every language (bitext is a translation). Adjectives
 agree with the noun's gender (German, French, Spanish). Every caption names each attribute
-that its aspect shows (see toyworld_scenes.ASPECTS) for every object, so a caption describes
+that its aspect shows (see scenes.ASPECTS) for every object, so a caption describes
 its rendering completely.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from gemb.data.toyworld_scenes import ASPECTS, GRID, MOTIONS, SHAPES, Obj, Scene
+from gemb.datasets.toyworld.scenes import ASPECTS, GRID, MOTIONS, SHAPES, Obj, Scene
 
 LANGUAGES = ("en", "de", "fr", "es")
 

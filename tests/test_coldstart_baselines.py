@@ -3,7 +3,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from gemb.recsys import baselines
+from gemb.proj.coldstart import baselines
 
 BASELINES = ml_collections.ConfigDict(dict(thompson_prior_impressions=20.0, ucb_exploration=1.0))
 

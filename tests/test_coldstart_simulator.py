@@ -3,8 +3,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import coldstart
-from gemb.recsys import baselines, simulator
+from configs.proj import coldstart
+from gemb.proj.coldstart import baselines, simulator
 
 
 def _recommender(**overrides):

@@ -1,11 +1,11 @@
 """The distillation experiment end to end: specialists -> fused baseline -> students -> report.
 
-  python -m launch.main --config=configs/distill.py --workdir=DIR
+  python -m launch.main --config=configs/proj/distill.py --workdir=DIR
 
   1. Specialists: one per domain (config.specialists[domain]): a gemb training run on that
      domain alone (`type='gemb'`, its trainer config in `train`, trained into
      DIR/specialists/<domain> by gemb.train.trainer), or an outside model's precomputed
-     embeddings (`type='table'`, `path` to a .npz, see gemb/distill/teachers.py).
+     embeddings (`type='table'`, `path` to a .npz, see gemb/proj/distill/teachers.py).
   2. Fusion baseline: one model trained with the contrastive loss on all domains' data
      (config.fusion, a trainer config, into DIR/fusion), with the students' budget.
   3. Students (config.students): one universal model each, distilled from the specialists with
@@ -28,9 +28,10 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from gemb import compilation_cache, sharding
+from gemb import sharding
+from gemb.runtime import compilation_cache
 from gemb.data import pipeline
-from gemb.distill import evaluation, teachers as teachers_lib, train as distill_train
+from gemb.proj.distill import evaluation, teachers as teachers_lib, train as distill_train
 from gemb.train import checkpoints, metrics as metrics_lib, trainer
 
 SPECIALIST = "specialist"

@@ -12,7 +12,7 @@ centred on the pooled engagement rate of past days, the same logs the gemb model
 """
 import numpy as np
 
-from gemb.recsys import simulator
+from gemb.proj.coldstart import simulator
 
 
 def _chunks_to_top(index: np.ndarray, round_budget: int, chunk: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Cold-start exploration (issue 8): gemb discoverability allocation against bandit baselines.
 
-  python -m launch.main --config=configs/coldstart.py --workdir=/tmp/coldstart
+  python -m launch.main --config=configs/proj/coldstart.py --workdir=/tmp/coldstart
 writes /tmp/coldstart/coldstart/report.json and coldstart.png. Arg 'tiny' shrinks it for tests:
-  --config=configs/coldstart.py:tiny
+  --config=configs/proj/coldstart.py:tiny
 Item embeddings are synthetic unless `world.embeddings_path` names a .npy [N, D] (for instance
 ToyWorld scenes embedded by a gemb checkpoint); latent quality is derived from either the same way.
 """
@@ -79,5 +79,5 @@ def get_config(arg=None):
     config.baselines.chunk_choices = (10,)
     config.exploration.benchmark_items = 0
   elif arg:
-    raise ValueError(f"configs/coldstart.py takes no argument or 'tiny'; got {arg!r}.")
+    raise ValueError(f"configs/proj/coldstart.py takes no argument or 'tiny'; got {arg!r}.")
   return config

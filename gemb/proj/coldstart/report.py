@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from sklearn import metrics
 
-from gemb.recsys import allocation, baselines, discoverability, simulator
+from gemb.proj.coldstart import allocation, baselines, discoverability, simulator
 
 POLICIES = ("gemb", "uniform", "random", "thompson", "ucb")
 CHUNKED = ("random", "thompson", "ucb")  # the baselines that spend in chunks (size tuned)

@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from gemb.data import features, pipeline
-from gemb.distill.teachers import example_ids
+from gemb.proj.distill.teachers import example_ids
 from gemb.evaluate import retrieval, search
 
 # embed(inputs, ids) -> [N, D]: a model embeds raw inputs; a precomputed table looks up ids.

@@ -1,7 +1,7 @@
 """The distillation objective and train step of the universal (student) model.
 
 For a batch of one domain, the student embeds the query and positive sides; the domain's
-specialist (the teacher) has embedded the same examples (`gemb/distill/teachers.py`). Over the
+specialist (the teacher) has embedded the same examples (`gemb/proj/distill/teachers.py`). Over the
 global batch, row i of the in-batch similarities S[i, j] = cos(query_i, positive_j) is compared
 between teacher and student:
 

@@ -137,7 +137,7 @@ class TableTeacher:
   def from_file(cls, path: str, mesh) -> "TableTeacher":
     if not os.path.exists(path):
       raise FileNotFoundError(f"teacher table {path!r} does not exist; write one with "
-                              "gemb.distill.teachers.save_table (ids [N], embeddings [N, D])")
+                              "gemb.proj.distill.teachers.save_table (ids [N], embeddings [N, D])")
     with np.load(path) as table:
       missing = {"ids", "embeddings"} - set(table.files)
       if missing:
@@ -163,7 +163,7 @@ class TableTeacher:
       missing = np.unique(ids[~found])
       raise KeyError(f"teacher table {self.name}: {len(missing)} example ids are missing "
                      f"(e.g. {missing[:5].tolist()}); precompute embeddings for every example "
-                     "the student trains on (gemb.distill.teachers.precompute_table)")
+                     "the student trains on (gemb.proj.distill.teachers.precompute_table)")
     return self._embeddings[np.searchsorted(self._ids, ids)]
 
   def batch_embeddings(self, host_batch: dict, device_batch: dict) -> tuple[jax.Array, jax.Array]:

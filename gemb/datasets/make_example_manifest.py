@@ -1,11 +1,11 @@
-"""Writes the small example manifest shipped in gemb/data/example_manifest/ from ToyWorld.
+"""Writes the small example manifest shipped in gemb/datasets/example_manifest/ from ToyWorld.
 
-  python -m gemb.data.make_example_manifest [--output_dir=gemb/data/example_manifest]
+  python -m gemb.datasets.make_example_manifest [--output_dir=gemb/datasets/example_manifest]
 
-It shows every part kind of the JSONL manifest format (gemb/data/manifest.py): text, PNG
+It shows every part kind of the JSONL manifest format (gemb/datasets/manifest.py): text, PNG
 images, WAV audio, GIF video, interleaved image+text queries, hard negatives, and a task
 without negatives. Train on it with
-  --config.data.source=manifest --config.data.manifest=gemb/data/example_manifest/manifest.jsonl
+  --config.data.source=manifest --config.data.manifest=gemb/datasets/example_manifest/manifest.jsonl
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import shutil
 
 from absl import app, flags
 
-from gemb.data import features, manifest, toyworld
+from gemb.data import features
+from gemb.datasets import manifest, toyworld
 
 # task -> examples. Small on purpose: the folder stays well under 1 MB (1 s of audio is 32 kB).
 EXAMPLES = {"text_to_image": 4, "image_question_to_answer": 4, "text_to_audio": 3,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gemb.recsys import allocation, discoverability, simulator
+from gemb.proj.coldstart import allocation, discoverability, simulator
 
 RECOMMENDER = ml_collections.ConfigDict(dict(prior_rate=0.05, prior_impressions=20.0, threshold=0.12,
                                              serve_step=25, min_served=100))

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import coldstart
-from gemb.recsys import baselines, report, simulator
+from configs.proj import coldstart
+from gemb.proj.coldstart import baselines, report, simulator
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from gemb.data.toyworld_scenes import COLOURS, DEFAULT_CONFIG, GRID, Scene, WorldConfig
+from gemb.datasets.toyworld.scenes import COLOURS, DEFAULT_CONFIG, GRID, Scene, WorldConfig
 
 COLOUR_RGB = np.array([  # [len(COLOURS), 3], saturated and far apart
     (225, 35, 35),    # red

@@ -3,8 +3,8 @@
 Scenes of 1..max_objects objects (shape, colour, size, position on a 3x3 grid, motion; the
 sound of an object follows from its shape, colour and size) are rendered as captions in four
 languages, images, videos, sounds, tiny programs and image+question inputs, and combined into
-the tasks of `TASKS`. Scenes live in toyworld_scenes.py, pixels and sound in
-toyworld_signals.py, text in toyworld_text.py; this file holds the tasks.
+the tasks of `TASKS`. Scenes live in scenes.py, pixels and sound in
+signals.py, text in text.py; this file holds the tasks.
 
     ex = example("text_to_image", "train", index=17, seed=0)
     ex["query"]     # [{"text": "a small red circle in the top left"}]
@@ -34,13 +34,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from gemb.data import features
-from gemb.data.toyworld_scenes import (  # noqa: F401  (re-exported API)
+from gemb.datasets.toyworld.scenes import (  # noqa: F401  (re-exported API)
     ASPECTS, ATTRIBUTES, CLASS_NAMES, COLOURS, DEFAULT_CONFIG, MOTIONS, POSITIONS, SHAPES,
     SIZES, SPLITS, VALUES, Obj, Scene, WorldConfig, attribute_overlap, class_label,
     hard_negative, held_out_combinations, in_split, is_held_out, key_string, main_object,
     sample_scene, scene_key, sts_score)
-from gemb.data.toyworld_signals import render_audio, render_image, render_video  # noqa: F401
-from gemb.data.toyworld_text import (  # noqa: F401
+from gemb.datasets.toyworld.signals import render_audio, render_image, render_video  # noqa: F401
+from gemb.datasets.toyworld.text import (  # noqa: F401
     LANGUAGES, answer_word, caption_choices, caption_from_choices, render_caption, render_code,
     render_question)
 

@@ -1,4 +1,4 @@
-"""Distilling domain specialists into one universal embedding model (see gemb/distill/run.py).
+"""Distilling domain specialists into one universal embedding model (see gemb/proj/distill/run.py).
 
   teachers.py    specialist embeddings of a batch: a frozen gemb encoder, or a precomputed table
   step.py        the distillation objective (KL / L2 of in-batch similarities, + contrastive)

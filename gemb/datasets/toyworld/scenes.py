@@ -11,7 +11,7 @@ an index into a value table:
   motion    still up down left right                              (5)
 
 `count` is the number of objects. An object's sound is a function of its shape (pitch),
-colour (timbre) and size (pulse rate), see toyworld_signals.py, so the sound needs no
+colour (timbre) and size (pulse rate), see signals.py, so the sound needs no
 attribute of its own and a caption that names those three attributes is decodable from it.
 
 What each rendering shows (its "aspect"): an image shows shape, colour, size and position;

@@ -1,11 +1,11 @@
-"""gemb/allocator.py: when an entry point re-executes itself under tcmalloc, and with what."""
+"""gemb/runtime/allocator.py: when an entry point re-executes itself under tcmalloc, and with what."""
 import os
 import subprocess
 import sys
 
 import pytest
 
-from gemb import allocator
+from gemb.runtime import allocator
 
 
 class Exec(Exception):
@@ -64,7 +64,7 @@ def test_an_unknown_allocator_is_an_error_naming_the_variable(execve, monkeypatc
 @pytest.mark.skipif(allocator.find_tcmalloc() is None or not sys.platform.startswith("linux"),
                     reason="tcmalloc is not installed here")
 def test_a_real_reexecution_runs_the_program_once_under_tcmalloc():
-  program = ("import sys; from gemb import allocator; print('start', flush=True); "
+  program = ("import sys; from gemb.runtime import allocator; print('start', flush=True); "
              "allocator.use_tcmalloc(); print(allocator.in_use(), sys.argv[1:])")
   env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GEMB_ALLOCATOR")}
   out = subprocess.run([sys.executable, "-c", program, "--flag=1"], env=env, check=True,

@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from scipy import special
 
-from gemb.recsys import simulator
+from gemb.proj.coldstart import simulator
 
 NUM_ENGAGEMENT_FEATURES = 3
 

@@ -2,7 +2,7 @@
 
 Every batch holds one domain (gemb.data.pipeline draws a domain per step from config.domains'
 rates); that domain's teacher embeds the same batch (on the fly or from its table), and the
-student takes one step on `gemb.distill.step.distill_step`. The student sees exactly the
+student takes one step on `gemb.proj.distill.step.distill_step`. The student sees exactly the
 batches the fused baseline sees: same mixture, batch size, steps and data seed.
 
 Checkpoints (gemb.train.checkpoints, orbax) hold the train state and the data iterator's state
@@ -21,7 +21,7 @@ from ml_collections import ConfigDict
 
 from gemb import sharding
 from gemb.data import pipeline
-from gemb.distill import step as distill_step_lib, teachers as teachers_lib
+from gemb.proj.distill import step as distill_step_lib, teachers as teachers_lib
 from gemb.train import checkpoints, metrics as metrics_lib, optim
 
 
@@ -47,7 +47,7 @@ def train_student(config: ConfigDict, workdir: str, name: str, teachers: Mapping
   """Trains (or resumes) student `name` (config.students[name]); returns its last checkpoint.
 
   Args:
-    teachers: domain -> teacher (gemb.distill.teachers) for every domain of config.domains.
+    teachers: domain -> teacher (gemb.proj.distill.teachers) for every domain of config.domains.
   """
   missing = sorted(set(config.domains) - set(teachers))
   if missing:

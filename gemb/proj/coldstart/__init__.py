@@ -1,0 +1,1 @@
+"""Cold-start exploration: spend an exploration budget so fresh items become discoverable."""
