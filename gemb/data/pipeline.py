@@ -66,6 +66,7 @@ from absl import logging
 import grain
 import numpy as np
 
+from gemb import datasets
 from gemb.data import features
 from gemb.data import packing
 
@@ -127,60 +128,21 @@ class TaskSpec:
 MIXTURE_KEYS = ("rate", "batch_size", "task_string", "source")
 
 
-def _task_source(name: str, entry: Mapping[str, Any], cfg: Mapping[str, Any],
-                 fcfg: features.FeatureConfig, manifest_index, where: str):
-  """-> (source, {side: max_parts}, default task string) for one mixture entry."""
-  source = entry.get("source", cfg["source"])
-  if source == "toyworld":
-    from gemb.datasets import toyworld  # pylint: disable=g-import-not-at-top
-    if name not in toyworld.TASKS:
-      raise ValueError(f"{where}.{name}: no ToyWorld task {name!r}; known: "
-                       f"{sorted(toyworld.TASKS)}")
-    task = toyworld.TASKS[name]
-    parts = {"query": features.count_modalities(task.query_modalities),
-             "positive": features.count_modalities(task.positive_modalities)}
-    if task.has_negative:
-      parts["negative"] = parts["positive"]
-    src = toyworld.ToyWorldSource(name, cfg["split"], cfg["toyworld_size"], cfg["toyworld_seed"],
-                                  cfg["toyworld"])
-    return src, parts, task.task_string
-  if source == "manifest":
-    from gemb.datasets import manifest  # pylint: disable=g-import-not-at-top
-    if name not in manifest_index.tasks:
-      raise ValueError(f"{where}.{name}: manifest {manifest_index.path!r} has no task "
-                       f"{name!r}; it has {sorted(manifest_index.tasks)}")
-    return (manifest.ManifestSource(manifest_index, name, fcfg),
-            manifest_index.tasks[name].max_parts, None)
-  if source == "tfds":
-    from gemb.datasets import tfds as tfds_source  # pylint: disable=g-import-not-at-top
-    tfds_cfg = dict(cfg["tfds"] or {})
-    if name not in tfds_cfg:
-      raise ValueError(f"{where}.{name} reads TFDS but config.data.tfds has no entry {name!r}; "
-                       f"it has {sorted(tfds_cfg)}")
-    src = tfds_source.TfdsSource.from_config(name, tfds_cfg[name], cfg["split"])
-    return src, src.max_parts, None
-  raise ValueError(f"{where}.{name}.source (or config.data.source) = {source!r}; use "
-                   "'toyworld', 'manifest' or 'tfds'")
-
-
-def _uses_manifest(cfg: Mapping[str, Any], mixture: Mapping[str, Any]) -> bool:
-  return any(dict(e).get("source", cfg["source"]) == "manifest" for e in mixture.values())
-
-
-def scan_manifest(cfg: Mapping[str, Any]):
-  """The index of config.data.manifest (gemb/datasets/manifest.py), bad lines logged."""
-  from gemb.datasets import manifest  # pylint: disable=g-import-not-at-top
-  if not cfg["manifest"]:
-    raise ValueError("config.data.manifest is empty but a mixture task reads the manifest")
-  index = manifest.scan_manifest(cfg["manifest"], cfg["on_bad_record"])
-  for message in index.bad_lines:
-    logging.warning("skipped bad manifest line: %s", message)
-  return index
+def _datasets(cfg: Mapping[str, Any], mixture: Mapping[str, Any],
+              where: str = "mixture") -> dict[str, Any]:
+  """Each data source the mixture reads (gemb.datasets), built once: a manifest is scanned once."""
+  sources = {}
+  for task, entry in mixture.items():
+    name = dict(entry).get("source", cfg["source"])
+    if name not in sources:
+      key = f"{where}.{task}.source" if "source" in dict(entry) else "config.data.source"
+      sources[name] = datasets.get(name, cfg, where=key)
+  return sources
 
 
 def make_tasks(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
                mixture: Mapping[str, Mapping[str, Any]], *, hard_negatives: bool = True,
-               shard_count: int = 1, manifest_index=None,
+               shard_count: int = 1, sources: Mapping[str, Any] | None = None,
                where: str = "mixture") -> dict[str, TaskSpec]:
   """Builds every mixture task (sources, per-process batch sizes, layouts) from the configs.
 
@@ -189,15 +151,15 @@ def make_tasks(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
       (e.g. "config.stages.finetune.mixture").
     hard_negatives: False leaves the negative side out even for tasks that have one.
     shard_count: processes sharing each batch.
-    manifest_index: `scan_manifest(cfg)`'s result, scanned here when needed and not given.
+    sources: source name -> gemb.datasets dataset, built here when not given.
   """
   cfg = data_config(data_cfg)
   fcfg = features.FeatureConfig.from_config(model_cfg, truncate=cfg["truncate"])
   mixture = {name: dict(entry) for name, entry in dict(mixture).items()}
   if not mixture:
     raise ValueError(f"{where} is empty; give {{task: {{rate, batch_size}}}} entries")
-  if manifest_index is None and _uses_manifest(cfg, mixture):
-    manifest_index = scan_manifest(cfg)
+  if sources is None:
+    sources = _datasets(cfg, mixture, where)
   for name, entry in mixture.items():
     unknown = sorted(set(entry) - set(MIXTURE_KEYS))
     if unknown:
@@ -214,7 +176,8 @@ def make_tasks(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
   total = sum(float(e["rate"]) for e in mixture.values())
   tasks = {}
   for name, entry in mixture.items():
-    source, parts, task_string = _task_source(name, entry, cfg, fcfg, manifest_index, where)
+    task = sources[entry.get("source", cfg["source"])].task(name, fcfg, where)
+    source, parts, task_string = task.source, task.max_parts, task.task_string
     if len(source) == 0:
       raise ValueError(f"{where}.{name}: the task has no examples")
     sides = [side for side in features.SIDES
@@ -484,11 +447,11 @@ def make_iterator(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
   if seed is not None:
     cfg["seed"] = int(seed)
   shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
-  manifest_index = scan_manifest(cfg) if _uses_manifest(cfg, mixture) else None
+  sources = _datasets(cfg, mixture, where)
   tasks = make_tasks(cfg, model_cfg, mixture, hard_negatives=hard_negatives,
-                     shard_count=shard.shard_count, manifest_index=manifest_index, where=where)
+                     shard_count=shard.shard_count, sources=sources, where=where)
   fcfg = features.FeatureConfig.from_config(model_cfg, truncate=cfg["truncate"])
-  scan_skipped = len(manifest_index.bad_lines) if manifest_index else 0
+  scan_skipped = sum(dataset.skipped_lines for dataset in sources.values())
   return MixtureIterator(tasks, fcfg, cfg, shard.shard_index, scan_skipped)
 
 
@@ -501,13 +464,6 @@ def train_iterator(config: Mapping[str, Any], stage: str) -> MixtureIterator:
 
 
 def known_tasks(config: Mapping[str, Any]) -> list[str]:
-  """The tasks config.data.source offers (ToyWorld tasks, manifest tasks or config.data.tfds)."""
+  """The tasks config.data.source offers (ToyWorld tasks, manifest tasks, config.data.tfds...)."""
   cfg = data_config(config["data"])
-  if cfg["source"] == "toyworld":
-    from gemb.datasets import toyworld  # pylint: disable=g-import-not-at-top
-    return list(toyworld.TASKS)
-  if cfg["source"] == "manifest":
-    return list(scan_manifest(cfg).tasks)
-  if cfg["source"] == "tfds":
-    return list(dict(cfg["tfds"] or {}))
-  raise ValueError(f"config.data.source={cfg['source']!r}; use 'toyworld', 'manifest' or 'tfds'")
+  return datasets.get(cfg["source"], cfg).tasks()

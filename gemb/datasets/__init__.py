@@ -1,1 +1,64 @@
-"""Where training and evaluation examples come from: ToyWorld, JSONL manifests, TFDS."""
+"""Data sources by name: `get(name, data_cfg)` returns the source that a mixture task reads.
+
+  dataset = datasets.get("toyworld", config.data)   # or "manifest", "tfds", a registered name
+  dataset.tasks()                                   # the task names it offers
+  task = dataset.task("text_to_image", fcfg, where="config.stages.finetune.mixture")
+  task.source[i]                                    # raw example: {"query": [parts], ...}
+
+A source module is found by its path in `_MODULES` and imported only when asked for (TFDS pulls
+in TensorFlow); it defines `Dataset(data_cfg)` with `tasks()`, `task(name, fcfg, where)` and
+`skipped_lines` (records left out when it was read). `register(name, ...)` adds one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Mapping, Protocol
+
+_MODULES: dict[str, Any] = {
+    "toyworld": "gemb.datasets.toyworld",
+    "manifest": "gemb.datasets.manifest",
+    "tfds": "gemb.datasets.tfds",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task of a dataset: its examples and the most parts of each modality per side."""
+
+  source: Any                                # random access raw examples: len(), [i]
+  max_parts: Mapping[str, Mapping[str, int]]  # side -> {modality: count}
+  task_string: str | None                    # the task's own instruction, if it has one
+
+
+class Dataset(Protocol):
+  skipped_lines: int
+
+  def tasks(self) -> list[str]: ...
+
+  def task(self, name: str, fcfg, where: str) -> Task: ...
+
+
+def names() -> list[str]:
+  return sorted(_MODULES)
+
+
+def register(name: str, dataset) -> None:
+  """Makes `get(name, ...)` build `dataset`: a module path whose `Dataset` class is imported on
+  first use, or a callable data_cfg -> Dataset."""
+  _MODULES[name] = dataset
+
+
+def get(name: str, data_cfg: Mapping[str, Any], where: str = "config.data.source") -> Dataset:
+  """The dataset `name` built from `data_cfg` (config.data); `where` names the key in errors."""
+  if name not in _MODULES:
+    raise ValueError(f"{where}={name!r} is not a known data source; known: {names()} "
+                     "(gemb.datasets.register adds one)")
+  dataset = _MODULES[name]
+  if isinstance(dataset, str):
+    dataset = importlib.import_module(dataset).Dataset
+  return dataset(data_cfg)
+
+
+def unknown_task(where: str, name: str, dataset: str, known) -> ValueError:
+  return ValueError(f"{where}.{name}: {dataset} has no task {name!r}; it has {sorted(known)}")

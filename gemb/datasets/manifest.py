@@ -32,6 +32,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 from PIL import Image
 
+from gemb import datasets
 from gemb.data import features
 
 
@@ -216,3 +217,26 @@ def write_manifest(path: str, examples: Iterable[Mapping[str, Any]], *, fps: flo
 def _is_json(value: Any) -> bool:
   return isinstance(value, (str, int, float, bool, np.integer, np.floating)) or value is None
 
+
+
+class Dataset:
+  """The JSONL manifest `config.data.manifest` for the data registry: scanned once, here
+  (bad lines logged, or with on_bad_record="raise" an error naming the line)."""
+
+  def __init__(self, data_cfg: Mapping[str, Any]):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    if not data_cfg["manifest"]:
+      raise ValueError("config.data.manifest is empty but a mixture task reads the manifest")
+    self.index = scan_manifest(data_cfg["manifest"], data_cfg["on_bad_record"])
+    for message in self.index.bad_lines:
+      logging.warning("skipped bad manifest line: %s", message)
+    self.skipped_lines = len(self.index.bad_lines)
+
+  def tasks(self) -> list[str]:
+    return list(self.index.tasks)
+
+  def task(self, name: str, fcfg: features.FeatureConfig, where: str):
+    if name not in self.index.tasks:
+      raise datasets.unknown_task(where, name, f"manifest {self.index.path!r}", self.index.tasks)
+    return datasets.Task(ManifestSource(self.index, name, fcfg), self.index.tasks[name].max_parts,
+                         None)

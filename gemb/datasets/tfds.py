@@ -25,6 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from gemb import datasets
 from gemb.data import audio as audio_lib
 from gemb.data import features
 from gemb.data import packing
@@ -131,3 +132,23 @@ class TfdsSource:
       return audio_lib.resample(audio_lib.to_float_mono(value), int(rate), features.RAW_AUDIO_RATE)
     return np.asarray(value)
 
+
+
+class Dataset:
+  """TFDS for the data registry: a task per `config.data.tfds` entry (module docstring)."""
+
+  skipped_lines = 0
+
+  def __init__(self, data_cfg: Mapping[str, Any]):
+    self._entries = dict(data_cfg["tfds"] or {})
+    self._split = data_cfg["split"]
+
+  def tasks(self) -> list[str]:
+    return list(self._entries)
+
+  def task(self, name: str, fcfg, where: str):
+    if name not in self._entries:
+      raise ValueError(f"{where}.{name} reads TFDS but config.data.tfds has no entry {name!r}; "
+                       f"it has {sorted(self._entries)}")
+    source = TfdsSource.from_config(name, self._entries[name], self._split)
+    return datasets.Task(source, source.max_parts, None)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from gemb import datasets
 from gemb.data import features
 from gemb.datasets.toyworld.scenes import (  # noqa: F401  (re-exported API)
     ASPECTS, ATTRIBUTES, CLASS_NAMES, COLOURS, DEFAULT_CONFIG, MOTIONS, POSITIONS, SHAPES,
@@ -285,3 +286,29 @@ def texts(split: str = "train", examples_per_task: int = 1000, seed: int = 0,
                ex["positive"], ex.get("negative") or []]
       for parts in sides:
         yield from (part["text"] for part in parts if "text" in part)
+
+
+class Dataset:
+  """ToyWorld for the data registry (`gemb.datasets.get("toyworld", config.data)`): every task
+  of TASKS, `toyworld_size` examples each from the `split` of universe `toyworld_seed`."""
+
+  skipped_lines = 0
+
+  def __init__(self, data_cfg: Mapping[str, Any]):
+    self._cfg = data_cfg
+
+  def tasks(self) -> list[str]:
+    return list(TASKS)
+
+  def task(self, name: str, fcfg, where: str):
+    if name not in TASKS:
+      raise datasets.unknown_task(where, name, "ToyWorld", TASKS)
+    task = TASKS[name]
+    parts = {"query": features.count_modalities(task.query_modalities),
+             "positive": features.count_modalities(task.positive_modalities)}
+    if task.has_negative:
+      parts["negative"] = parts["positive"]
+    cfg = self._cfg
+    source = ToyWorldSource(name, cfg["split"], cfg["toyworld_size"], cfg["toyworld_seed"],
+                            cfg["toyworld"])
+    return datasets.Task(source, parts, task.task_string)
