@@ -1,4 +1,4 @@
-"""The gemb allocation: budget, the brute-force optimum with an oracle model, stopping rules."""
+"""The discoverability allocation: budget, the brute-force optimum with an oracle model, stopping rules."""
 import itertools
 import time
 
@@ -110,10 +110,10 @@ def test_graduated_and_hopeless_items_get_no_more_traffic():
   assert state == {"graduated": 1, "hopeless": 2, "funded": 1}
 
 
-def test_gemb_policy_rejects_nan_embeddings():
+def test_discoverability_policy_rejects_nan_embeddings():
   model = discoverability.DiscoverabilityModel(2, (4,), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="NaN or infinite"):
-    allocation.gemb_policy(model, np.array([[0.0, 1.0], [np.inf, 0.0]]), _allocation_config())
+    allocation.discoverability_policy(model, np.array([[0.0, 1.0], [np.inf, 0.0]]), _allocation_config())
 
 
 def test_negative_round_budget_is_an_error():

@@ -20,7 +20,7 @@ def test_report_json_and_plot_are_written(tiny_report):
   config, workdir, returned = tiny_report
   with open(workdir / "coldstart" / "report.json") as f:
     written = json.load(f)
-  assert set(written["discoverable"]) == {"gemb", "uniform", "random", "thompson", "ucb"}
+  assert set(written["discoverable"]) == {"discoverability", "uniform", "random", "thompson", "ucb"}
   assert written["discoverable"] == returned["discoverable"]
   assert 0.0 <= written["ece"] <= 1.0
   assert [level["budget_per_item"] for level in written["budget_levels"]] == list(config.exploration.budget_per_item)
@@ -36,7 +36,7 @@ def test_every_policy_stays_within_the_same_budget(tiny_report):
       assert outcome["budget"] == level["budget_per_item"] * items
       assert outcome["spent"] <= outcome["budget"], name
       assert 0 <= outcome["discoverable"] <= items
-      if name != "gemb":  # the baselines always spend all of it
+      if name != "discoverability":  # the baselines always spend all of it
         assert outcome["spent"] == outcome["budget"], name
 
 
@@ -53,9 +53,9 @@ def test_uniform_count_reproduces_from_the_simulator(tiny_report):
   assert int(out.discoverable.sum()) == result["budget_levels"][level]["policies"]["uniform"]["discoverable"]
 
 
-def test_gemb_finds_more_items_than_uniform_on_the_tiny_world(tiny_report):
+def test_discoverability_finds_more_items_than_uniform_on_the_tiny_world(tiny_report):
   _, _, result = tiny_report
-  assert result["discoverable"]["gemb"] > result["discoverable"]["uniform"]
+  assert result["discoverable"]["discoverability"] > result["discoverable"]["uniform"]
 
 
 def test_bad_budget_configuration_is_an_error(tmp_path):

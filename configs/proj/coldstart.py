@@ -1,4 +1,4 @@
-"""Cold-start exploration (issue 8): gemb discoverability allocation against bandit baselines.
+"""Cold-start exploration: the discoverability allocation against bandit baselines.
 
   python -m launch.main --config=configs/proj/coldstart.py --workdir=/tmp/coldstart
 writes /tmp/coldstart/coldstart/report.json and coldstart.png. Arg 'tiny' shrinks it for tests:
@@ -45,7 +45,7 @@ def get_config(arg=None):
       learning_rate=3e-3, weight_decay=1e-4, batch_size=4096, epochs=6,
       validation_fraction=0.2, ece_bins=15,
   )
-  # The gemb allocation.
+  # The discoverability allocation.
   config.allocation = dict(
       confidence=0.7,  # CF: explore an item until P(discoverable) reaches this
       max_traffic_per_item=400,  # never explore an item beyond this
@@ -59,7 +59,7 @@ def get_config(arg=None):
       num_rounds=6,
       budget_per_item=(2, 5, 10, 20, 40),  # budget levels = this * items in the cohort
       default_budget_per_item=10,  # the level reported as "discoverable"
-      benchmark_items=1_000_000,  # time one gemb round (re-score + allocate) at this many items; 0: skip
+      benchmark_items=1_000_000,  # time one discoverability round (re-score + allocate) at this many items; 0: skip
   )
   config.baselines = dict(
       chunk_choices=(1, 2, 5, 10, 20, 40),  # impressions per chunk; each bandit's best on the tuning day

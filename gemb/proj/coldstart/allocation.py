@@ -1,4 +1,4 @@
-"""Exploration budget allocation by inverting the discoverability model (the gemb policy).
+"""Exploration budget allocation by inverting the discoverability model (the discoverability policy).
 
 Each round, for every item of the cohort:
   1. re-score it with its engagement so far: a curve P_i(Y) of discoverability in total traffic Y;
@@ -40,7 +40,7 @@ def fund_by_priority(priority: np.ndarray, need: np.ndarray, budget: int) -> np.
 
 def allocate_round(curves: discoverability.Curves, impressions: np.ndarray, round_budget: int,
                    allocation_config) -> tuple[np.ndarray, dict]:
-  """One round of the gemb policy: new impressions [N] int64 and counts of the items' states."""
+  """One round of the discoverability policy: new impressions [N] int64 and counts of the items' states."""
   ac = allocation_config
   if round_budget < 0:
     raise ValueError(f"the round budget must be >= 0 impressions; got {round_budget}.")
@@ -78,7 +78,7 @@ def allocate_round(curves: discoverability.Curves, impressions: np.ndarray, roun
   return increments, state
 
 
-def gemb_policy(model: discoverability.DiscoverabilityModel, embeddings: np.ndarray,
+def discoverability_policy(model: discoverability.DiscoverabilityModel, embeddings: np.ndarray,
                 allocation_config) -> simulator.RoundPolicy:
   """The round policy that re-scores a cohort's items with `model` and allocates by inversion."""
   embeddings = simulator.check_embeddings(embeddings)

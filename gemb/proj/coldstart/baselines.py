@@ -1,4 +1,5 @@
-"""Baseline exploration policies with the same budget, rounds and engagement feedback as gemb.
+"""Baseline exploration policies with the same budget, rounds and engagement feedback as the
+discoverability allocation.
 
 All are `simulator.RoundPolicy` functions: (round_index, impressions [N], clicks [N], round_budget,
 rng) -> new impressions [N] int64 summing to the round budget.
@@ -8,7 +9,7 @@ rng) -> new impressions [N] int64 summing to the round budget.
             item and round, chunks to the items with the highest draws.
   ucb:      UCB1 on the engagement rate, chunks to the items with the highest upper bounds.
 The bandits maximise engagement and know nothing of content; their Beta prior (Thompson) is
-centred on the pooled engagement rate of past days, the same logs the gemb model learns from.
+centred on the pooled engagement rate of past days, the same logs the discoverability model learns from.
 """
 import numpy as np
 

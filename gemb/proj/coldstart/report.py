@@ -1,4 +1,4 @@
-"""The cold-start report: gemb allocation against the baselines over budget levels; JSON and plot.
+"""The cold-start report: the discoverability allocation against the baselines over budget levels; JSON and plot.
 
   run(config, workdir) -> report dict, written to workdir/coldstart/report.json (+ coldstart.png)
 
@@ -17,7 +17,7 @@ from sklearn import metrics
 
 from gemb.proj.coldstart import allocation, baselines, discoverability, simulator
 
-POLICIES = ("gemb", "uniform", "random", "thompson", "ucb")
+POLICIES = ("discoverability", "uniform", "random", "thompson", "ucb")
 CHUNKED = ("random", "thompson", "ucb")  # the baselines that spend in chunks (size tuned)
 
 
@@ -97,12 +97,12 @@ def evaluate(config, world: simulator.World, model, prior_rate: float, chunks: d
       quality, embeddings = world.quality[cohort], world.embeddings[cohort]
       budget = budget_per_item * len(quality)
       for name in POLICIES:
-        if name == "gemb":
-          policy = allocation.gemb_policy(model, embeddings, config.allocation)
+        if name == "discoverability":
+          policy = allocation.discoverability_policy(model, embeddings, config.allocation)
         else:
           policy = baselines.make_policy(name, config.baselines, chunks[budget_per_item].get(name, 0), prior_rate)
         outcome = _explore(config, quality, policy, budget, (2, level, day))  # same seed for every policy
-        if name == "gemb":  # calibration where the model is used: its own adaptive allocations
+        if name == "discoverability":  # calibration where the model is used: its own adaptive allocations
           curves = discoverability.predict_curves(model, embeddings, outcome.impressions, outcome.clicks)
           calibration["probabilities"].append(discoverability.discoverability(curves, outcome.impressions))
           calibration["labels"].append(outcome.discoverable)
@@ -113,13 +113,13 @@ def evaluate(config, world: simulator.World, model, prior_rate: float, chunks: d
       result["impressions_per_discoverable"] = result["spent"] / max(result["discoverable"], 1)
     explored = np.concatenate(calibration["labels"])
     levels.append({"budget_per_item": budget_per_item, "policies": results,
-                   "gemb_model_ece_after_exploration": discoverability.expected_calibration_error(
+                   "model_ece_after_exploration": discoverability.expected_calibration_error(
                        np.concatenate(calibration["probabilities"]), explored, config.model.ece_bins)})
   return levels
 
 
 def benchmark_allocation(config, model, dim: int) -> dict:
-  """Seconds for one gemb round (re-score + allocate) on `exploration.benchmark_items` synthetic items."""
+  """Seconds for one discoverability round (re-score + allocate) on `exploration.benchmark_items` synthetic items."""
   num_items = config.exploration.benchmark_items
   rng = np.random.default_rng(0)
   embeddings = simulator.synthetic_embeddings(rng, num_items, dim, config.world.num_clusters,
@@ -148,7 +148,7 @@ def plot_report(report: dict, path: str) -> None:
   x = [level["budget_per_item"] for level in levels]
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
   for name in POLICIES:
-    style = dict(marker="o", linewidth=2.5 if name == "gemb" else 1.2)
+    style = dict(marker="o", linewidth=2.5 if name == "discoverability" else 1.2)
     axes[0].plot(x, [level["policies"][name]["discoverable"] for level in levels], label=name, **style)
     axes[1].plot(x, [level["policies"][name]["impressions_per_discoverable"] for level in levels],
                  label=name, **style)
@@ -174,7 +174,7 @@ def plot_report(report: dict, path: str) -> None:
 
 
 def _print_table(report: dict) -> None:
-  print("budget/item " + "".join(f"{name:>10}" for name in POLICIES) + "   gemb/uniform")
+  print("budget/item " + "".join(f"{name:>10}" for name in POLICIES) + "   disc./uniform")
   for level in report["budget_levels"]:
     counts = [level["policies"][name]["discoverable"] for name in POLICIES]
     ratio = counts[0] / max(counts[1], 1)
@@ -208,9 +208,9 @@ def run(config, workdir: str) -> dict:
   report = {
       "discoverable": discoverable,
       "ratio_to_uniform": {name: discoverable[name] / max(discoverable["uniform"], 1) for name in POLICIES},
-      "ratio_to_best_bandit": discoverable["gemb"] / max(discoverable[best_bandit], 1),
+      "ratio_to_best_bandit": discoverable["discoverability"] / max(discoverable[best_bandit], 1),
       "best_bandit": best_bandit,
-      "ratio_to_best_baseline": discoverable["gemb"] / max(discoverable[best_baseline], 1),
+      "ratio_to_best_baseline": discoverable["discoverability"] / max(discoverable[best_baseline], 1),
       "best_baseline": best_baseline,
       "default_budget_per_item": config.exploration.default_budget_per_item,
       "eval_items": eval_items,

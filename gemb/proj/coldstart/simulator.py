@@ -15,7 +15,7 @@ item by its posterior-mean engagement rate under a pessimistic Beta prior and se
 the threshold is never served again. An item is *discoverable* when exploitation serves it at
 least `min_served` (M) times.
 
-Policies see only impressions and clicks (and, for the gemb policy, content embeddings and a model
+Policies see only impressions and clicks (and, for the discoverability policy, content embeddings and a model
 trained on past days' logs); the latent quality stays inside this module.
 All functions are seeded through an explicit `np.random.Generator` and are deterministic.
 """
