@@ -2,6 +2,7 @@
 
 Only parses flags, starts multi-host JAX where there are several hosts, and hands the config to the
 job it names (`config.job`): 'train' (staged training + evaluation), 'distill', or 'coldstart'.
+The console shows progress lines only; `--verbosity=0` adds the libraries' INFO logs.
 """
 from __future__ import annotations
 
@@ -39,12 +40,20 @@ def initialize_distributed() -> None:
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   elif on_cluster and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
     jax.distributed.initialize()
-  logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local "
+        f"/ {jax.device_count()} global {jax.default_backend()} devices", flush=True)
+
+
+def quiet_libraries() -> None:
+  """Library INFO chatter (orbax's checkpoint steps, XLA's backend probing) off unless asked for
+  with absl's own `--verbosity=0` (or `-v 1` for debug): the console is for progress lines."""
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 def main(argv):
   del argv
+  quiet_libraries()
   config = FLAGS.config
   job = config.get("job", "train")
   if job == "coldstart":
