@@ -1,35 +1,51 @@
-"""CPU smoke run: a tiny encoder trained through every stage on ToyWorld in a few minutes.
+"""CPU smoke run: a tiny encoder trained through every stage on ToyWorld in 3-4 minutes on 2 cores.
 
   python -m launch.main --config=configs/smoke.py --workdir=runs/smoke
 
-Pre-finetuning (950 steps) weights the caption<->image pairs 6x and the two sound tasks 3x each
-other task's rate: caption<->image retrieval is what the run is judged on first, and a sound
-task learns from its own batches only (~50 each left text->audio at R@1 0.035; ~120 give 0.145).
-Fine-tuning (300 steps) trains every task with hard negatives, caption<->image at 3x and the
-sound tasks at 2x. 3-4 minutes on 2 CPU cores (README has the table and the variants).
+docs/results.md has the runs behind its numbers and its variants.
 """
-from configs import recipe
+import ml_collections
+
+from configs import common
+from gemb.evaluate import toyworld_suite
 
 
 def get_config(arg=None):
   del arg
-  # One batch size for both stages: the per-side programs compiled for pre-finetuning serve
-  # fine-tuning too, which halves the compile time of this short run.
-  c = recipe.recipe(model="tiny", prefinetune_steps=950, finetune_steps=300,
-                    prefinetune_batch=64, finetune_batch=64, lr=1e-3, soup_last=2,
-                    checkpoint_every=100)
-  rates = {task: 1.0 for task in recipe.RETRIEVAL_TASKS}
-  rates["text_to_image"] = rates["image_to_text"] = 6.0
-  rates["text_to_audio"] = rates["audio_to_image"] = 3.0
-  c.stages.prefinetune.mixture = recipe.mixture(rates, 64)
-  rates["text_to_image"] = rates["image_to_text"] = 3.0
-  rates["text_to_audio"] = rates["audio_to_image"] = 2.0
-  c.stages.finetune.mixture = recipe.mixture(rates, 64)
+  c = common.run(fused_step=False, log_every=50)  # per-side programs: faster compiles on a CPU
+
+  c.model = common.toyworld_model("tiny")  # 2 layers, 64 wide, MRL prefixes (16, 32, 64)
   # Each patch's mean colour at a quarter of the pixels' scale: at full scale colour is learnt
-  # at once and shape never (held-out classification 0.11, below the 0.2 of chance; shape probe
-  # 0.30), without it colour is learnt slowly (multilabel colour F1 0.12, colour probe 0.36).
-  # 0.1 and 0.25 both learn both; 0.25 retrieves better.
-  recipe.conv_stems(c.model, colour_gain=0.25)
-  c.optim.warmup_steps = 30
-  c.log_every = 50
+  # and shape never; without it colour is learnt slowly.
+  common.conv_stems(c.model, colour_gain=0.25)
+
+  c.data = common.data(source="toyworld", toyworld=common.toyworld_world(c.model),
+                       task_string_dropout=0.1)  # some queries without their task string
+  c.loss = common.loss(type="nce", temperature=0.05, learn_temperature=True)
+  c.optim = common.optim(lr=1e-3, warmup_steps=30)
+  c.checkpoint = common.checkpoint(every=100, keep=2)
+
+  # Pre-finetuning -> fine-tuning with hard negatives -> a soup of the last two checkpoints.
+  # One batch size (64) for both stages: the per-side programs compiled for pre-finetuning serve
+  # fine-tuning too, which halves the compile time of this short run.
+  rates = {task: 1.0 for task in common.TOYWORLD_TASKS}
+  c.stage_order = ("prefinetune", "finetune", "soup")
+  c.stages = ml_collections.ConfigDict()
+  # Caption<->image (what the run is judged on first) at 6x, the sound tasks at 3x: a sound task
+  # learns from its own batches only.
+  c.stages.prefinetune = dict(
+      type="train", steps=950, init="random", hard_negatives=False, eval_every=0,
+      mixture=common.mixture({**rates, "text_to_image": 6.0, "image_to_text": 6.0,
+                              "text_to_audio": 3.0, "audio_to_image": 3.0}, batch_size=64))
+  c.stages.finetune = dict(
+      type="train", steps=300, init="previous", hard_negatives=True, eval_every=0,
+      optim={"lr": 5e-4, "warmup_steps": 30},
+      mixture=common.mixture({**rates, "text_to_image": 3.0, "image_to_text": 3.0,
+                              "text_to_audio": 2.0, "audio_to_image": 2.0}, batch_size=64))
+  c.stages.soup = dict(type="soup", ingredients=("finetune:300", "finetune:200"), weights=None)
+
+  c.eval = common.eval_settings(batch_size=128, mrl=True, quantized=True)
+  # Every task type and modality on held-out (shape, colour) pairs, 256 candidates each.
+  c.evals = toyworld_suite.evals(num_candidates=256, split="eval")
+  c.export = common.export()
   return c

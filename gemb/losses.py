@@ -24,6 +24,8 @@ Losses:
   mrl_loss                 Matryoshka: any of the above at several prefix widths.
   distillation_kl_loss     KL between teacher and student in-batch similarity rows.
   distillation_l2_loss     Mean squared difference of the similarity matrices.
+  distillation_terms       Both distillation losses and the contrastive loss over a
+                           student's Matryoshka prefixes, against a teacher's embeddings.
 Helpers: temperature_from_log, in_batch_similarities, sharded_loss.
 """
 from collections.abc import Callable, Sequence
@@ -607,6 +609,65 @@ def distillation_l2_loss(
   return _global_mean(
       jnp.sum(squared, axis=-1), axis_name, denominator=squared.shape[-1]
   )
+
+
+DISTILLATION_TERMS = ("kl", "l2", "contrastive")
+
+
+def distillation_terms(
+    query_prefixes: Sequence[jax.Array],
+    positive_prefixes: Sequence[jax.Array],
+    teacher_query: jax.Array,
+    teacher_positive: jax.Array,
+    query_ids: jax.Array,
+    positive_ids: jax.Array,
+    teacher_temperature: jax.Array,
+    student_temperature: jax.Array,
+    contrastive_temperature: jax.Array,
+    *,
+    mrl_weights: Sequence[float],
+    symmetric: bool,
+    axis_name: AxisName = None,
+) -> dict[str, jax.Array]:
+  """Every term of a student's distillation objective, each a weighted sum over its prefixes.
+
+  Over the global batch, row i of the in-batch similarities S[i, j] = cos(query_i,
+  positive_j) is compared between the (stopped) teacher and the student at each prefix:
+    kl           distillation_kl_loss(S_T, S_S) at temperatures t_T, t_S
+    l2           distillation_l2_loss(S_T, S_S)
+    contrastive  masked_nce_loss of the student on the labels.
+
+  Args:
+    query_prefixes, positive_prefixes: the student's embeddings at each Matryoshka prefix
+      width, [B, d] each, L2-normalised (gemb.model.encoder.mrl_prefixes).
+    teacher_query, teacher_positive: [B, D_T] the teacher's embeddings of the same examples
+      (D_T may differ from D), L2-normalised.
+    query_ids, positive_ids: [B] int, equal ids = identical content (contrastive masking).
+    teacher_temperature, student_temperature: [] > 0, the KL's softmax temperatures.
+    contrastive_temperature: [] > 0, the contrastive loss's temperature.
+    mrl_weights: one weight per prefix.
+    symmetric: the contrastive loss also ranks queries for each positive.
+    axis_name: the batch's mesh axes inside shard_map (see sharded_loss), or None.
+
+  Returns:
+    {"kl", "l2", "contrastive"}: [] float32 each, means over the global batch.
+  """
+  teacher = in_batch_similarities(teacher_query, teacher_positive,
+                                  axis_name=axis_name)  # [B, B_global]
+  terms = {name: jnp.zeros((), jnp.float32) for name in DISTILLATION_TERMS}
+  for weight, student_query, student_positive in zip(mrl_weights, query_prefixes,
+                                                     positive_prefixes):
+    student = in_batch_similarities(student_query, student_positive,
+                                    axis_name=axis_name)  # [B, B_global]
+    terms["kl"] += weight * distillation_kl_loss(
+        teacher, student, teacher_temperature=teacher_temperature,
+        student_temperature=student_temperature, axis_name=axis_name)
+    terms["l2"] += weight * distillation_l2_loss(teacher, student, axis_name=axis_name)
+    terms["contrastive"] += weight * masked_nce_loss(
+        student_query, student_positive, temperature=contrastive_temperature,
+        query_ids=query_ids, positive_ids=positive_ids, symmetric=symmetric,
+        axis_name=axis_name)
+  return terms
 
 
 # ----------------------------------------------------------------------------------

@@ -9,10 +9,10 @@ from PIL import Image
 from scipy import signal
 from scipy.io import wavfile
 
-from configs.model_presets import get_model_config
+from configs import common
 from gemb.data import audio, features, image, packing, video
 
-MODEL = get_model_config("tiny")
+MODEL = common.model("tiny")
 CFG = features.FeatureConfig.from_config(MODEL)
 
 
@@ -188,8 +188,8 @@ def test_gif_is_sampled_at_the_model_fps(tmp_path):
   assert _frame_numbers(video.load_video(str(tmp_path / "v.gif"), 8.0, max_frames=3)) == [1, 3, 6]
 
 
-def test_mp4_is_sampled_by_timestamps_with_the_optional_decoder(tmp_path):
-  av = pytest.importorskip("av")
+def test_mp4_is_sampled_by_timestamps(tmp_path):
+  import av  # pylint: disable=g-import-not-at-top  (installed by requirements.txt)
   with av.open(str(tmp_path / "v.mp4"), "w") as container:
     stream = container.add_stream("mpeg4", rate=20)  # 20 fps, like the GIF above
     stream.width, stream.height, stream.pix_fmt = 16, 16, "yuv420p"

@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
-from configs.model_presets import get_model_config
+from configs import common
 from gemb.data import features
 from gemb.datasets import make_example_manifest, manifest, toyworld
 
-MODEL = get_model_config("tiny")
+MODEL = common.model("tiny")
 CFG = features.FeatureConfig.from_config(MODEL)
 
 

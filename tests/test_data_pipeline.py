@@ -6,14 +6,14 @@ import grain
 import numpy as np
 import pytest
 
+from configs import common
 from configs import smoke
-from configs.model_presets import get_model_config
 from gemb.data import features, image, pipeline
 from gemb.datasets import manifest, toyworld
 from gemb.data.tokenizer import ByteTokenizer
 from gemb.model import inputs
 
-MODEL = get_model_config("tiny")
+MODEL = common.model("tiny")
 TOK = ByteTokenizer()
 
 
@@ -64,7 +64,8 @@ def captions(tmp_path_factory):
 
 
 def _manifest_iterator(path, mixture, **data):
-  return pipeline.make_iterator(dict(source="manifest", manifest=path, **data), MODEL, mixture)
+  return pipeline.make_iterator(common.data(source="manifest", manifest=path, **data), MODEL,
+                                mixture)
 
 
 def test_batches_hold_each_example_once_per_epoch_and_reshuffle(captions):
@@ -128,7 +129,7 @@ def test_worker_processes_give_the_same_batches_and_resume(captions):
 
 def test_processes_read_disjoint_slices_of_the_global_batch():
   mixture = {"bitext": {"rate": 1.0, "batch_size": 4}, "sts": {"rate": 2.0, "batch_size": 6}}
-  data = dict(source="toyworld", toyworld_size=50)
+  data = common.data(source="toyworld", toyworld_size=50)
   whole = _take(pipeline.make_iterator(data, MODEL, mixture,
                                        shard=grain.sharding.ShardOptions(0, 1)), 6)
   halves = [_take(pipeline.make_iterator(data, MODEL, mixture,
@@ -164,7 +165,7 @@ def test_task_draws_follow_the_rates_and_count_earlier_draws():
 
 def test_task_strings_are_prefixed_and_dropped_with_the_configured_probability():
   mixture = {"sts": {"rate": 1.0, "batch_size": 8}}
-  data = dict(source="toyworld", toyworld_size=100)
+  data = common.data(source="toyworld", toyworld_size=100)
   prefix = f"task: {toyworld.TASKS['sts'].task_string} | query: "
 
   def queries(dropout, steps=1):
@@ -187,8 +188,8 @@ def test_task_strings_are_prefixed_and_dropped_with_the_configured_probability()
 
 def test_equal_positives_get_equal_ids():
   mixture = {"classification": {"rate": 1.0, "batch_size": 16}}
-  _, batch = _take(pipeline.make_iterator(dict(source="toyworld", toyworld_size=200), MODEL,
-                                          mixture), 1)[0]
+  _, batch = _take(pipeline.make_iterator(common.data(source="toyworld", toyworld_size=200),
+                                          MODEL, mixture), 1)[0]
   labels = _texts(batch["positive"])
   assert len(set(labels)) < len(labels)  # 16 rows, 5 classes: duplicates
   for i in range(16):
@@ -199,7 +200,7 @@ def test_equal_positives_get_equal_ids():
 
 def test_every_toyworld_task_batch_fits_the_model():
   mixture = {task: {"rate": 1.0, "batch_size": 2} for task in toyworld.TASKS}
-  it = pipeline.make_iterator(dict(source="toyworld", toyworld_size=20), MODEL, mixture)
+  it = pipeline.make_iterator(common.data(source="toyworld", toyworld_size=20), MODEL, mixture)
   seen = {}
   for _ in range(80):
     task, batch = next(it)
@@ -222,7 +223,7 @@ def test_every_toyworld_task_batch_fits_the_model():
 
 def test_hard_negatives_can_be_left_out():
   mixture = {"bitext": {"rate": 1.0, "batch_size": 2}}
-  data = dict(source="toyworld", toyworld_size=10)
+  data = common.data(source="toyworld", toyworld_size=10)
   assert "negative" in _take(pipeline.make_iterator(data, MODEL, mixture), 1)[0][1]
   batch = _take(pipeline.make_iterator(data, MODEL, mixture, hard_negatives=False), 1)[0][1]
   assert sorted(batch) == ["positive", "positive_id", "query", "query_id"]
@@ -246,7 +247,8 @@ def test_train_iterator_reads_the_stage_and_known_tasks_the_source():
     ({"sts": {"rate": 1.0}}, {}, r"mixture.sts.batch_size is missing"),
     ({"sts": {"rate": 1.0, "batch_size": 2, "weight": 1}}, {}, r"mixture.sts has unknown keys"),
     ({}, {}, r"mixture is empty"),
-    ({"sts": {"rate": 1.0, "batch_size": 2}}, {"workers": 2}, r"unknown config.data keys"),
+    ({"sts": {"rate": 1.0, "batch_size": 2}}, {"workers": 2},
+     r"config.data has unknown keys config.data.workers"),
     ({"sts": {"rate": 1.0, "batch_size": 2}}, {"on_bad_record": "ignore"},
      r"config.data.on_bad_record='ignore'"),
     ({"sts": {"rate": 1.0, "batch_size": 2}}, {"source": "s3"},
@@ -254,7 +256,7 @@ def test_train_iterator_reads_the_stage_and_known_tasks_the_source():
 ])
 def test_config_errors_name_the_key(mixture, data, message):
   with pytest.raises(ValueError, match=message):
-    pipeline.make_iterator(dict(dict(source="toyworld", toyworld_size=10), **data), MODEL,
+    pipeline.make_iterator(dict(common.data(source="toyworld", toyworld_size=10), **data), MODEL,
                            mixture)
 
 

@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from configs.model_presets import get_model_config
+from configs import common
 from gemb.data import features, image, pipeline
 from gemb.datasets import tfds as tfds_source
 from gemb.data.tokenizer import ByteTokenizer
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-MODEL = get_model_config("tiny")
+MODEL = common.model("tiny")
 
 
 class GembMockCaptions(tfds.core.GeneratorBasedBuilder):
@@ -33,8 +33,8 @@ class GembMockCaptions(tfds.core.GeneratorBasedBuilder):
 
 
 def test_mnist_as_image_to_class_name_retrieval():
-  data = dict(source="tfds", tfds={"digits": {"name": "mnist", "query": "image:image",
-                                               "positive": "text:label"}})
+  data = common.data(source="tfds", tfds={"digits": {"name": "mnist", "query": "image:image",
+                                                      "positive": "text:label"}})
   mixture = {"digits": {"rate": 1.0, "batch_size": 4}}
   with tfds.testing.mock_data(num_examples=8):
     reference = tfds.data_source("mnist", split="train")

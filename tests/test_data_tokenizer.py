@@ -70,9 +70,9 @@ def test_sentencepiece_without_pad_zero_is_rejected(tmp_path):
 
 
 def test_shipped_toyworld_tokenizer_round_trips_and_fits_the_recipe():
-  from configs import recipe
+  from configs import common
   from gemb.datasets import toyworld
-  model = recipe.recipe().model
+  model = common.toyworld_model("tiny")
   tok = tokenizer.make_tokenizer("toyworld", model.vocab_size)
   assert tok.vocab_size == model.vocab_size == 1024
   lengths = []

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from configs import model_presets
+from configs import common
 from gemb import datasets
 from gemb.data import pipeline
 from gemb.datasets import toyworld
 
-MODEL = model_presets.get_model_config("tiny")
+MODEL = common.model("tiny")
 
 
 class Letters:
@@ -30,18 +30,19 @@ class Letters:
 
 
 def test_get_builds_the_named_dataset_and_names_the_key_when_unknown():
-  assert datasets.get("toyworld", pipeline.data_config({})).tasks() == list(toyworld.TASKS)
+  dataset = datasets.get("toyworld", pipeline.data_config(common.data()))
+  assert dataset.tasks() == list(toyworld.TASKS)
   with pytest.raises(ValueError, match=r"config.data.source='s3' is not a known data source; "
-                     r"known: \['manifest', 'tfds', 'toyworld'\]"):
+                     r"known: \['hf', 'manifest', 'tfds', 'toyworld'\]"):
     datasets.get("s3", {})
 
 
 def test_a_registered_dataset_feeds_the_pipeline_and_known_tasks(monkeypatch):
   monkeypatch.setattr(datasets, "_MODULES", dict(datasets._MODULES))  # for this test only
   datasets.register("letters", Letters)
-  config = {"data": {"source": "letters"}}
+  config = {"data": common.data(source="letters")}
   assert pipeline.known_tasks(config) == ["upper_to_lower"]
-  it = pipeline.make_iterator({"source": "letters", "task_string_dropout": 0.0}, MODEL,
+  it = pipeline.make_iterator(common.data(source="letters", task_string_dropout=0.0), MODEL,
                               {"upper_to_lower": {"rate": 1.0, "batch_size": 4}})
   task, batch = next(it)
   it.close()
@@ -49,10 +50,10 @@ def test_a_registered_dataset_feeds_the_pipeline_and_known_tasks(monkeypatch):
   assert batch["query"]["text_tokens"].shape[0] == 4
   assert len(set(batch["query_id"].tolist())) == 4  # four different letters
   with pytest.raises(ValueError, match=r"mixture.digits: letters has no task 'digits'"):
-    pipeline.make_iterator({"source": "letters"}, MODEL, {"digits": {"rate": 1.0, "batch_size": 4}})
+    pipeline.make_iterator(common.data(source="letters"), MODEL, {"digits": {"rate": 1.0, "batch_size": 4}})
 
 
 def test_register_adds_a_source_by_module_path(monkeypatch):
   monkeypatch.setattr(datasets, "_MODULES", dict(datasets._MODULES))
   datasets.register("toy_again", "gemb.datasets.toyworld")
-  assert datasets.get("toy_again", pipeline.data_config({})).tasks() == list(toyworld.TASKS)
+  assert datasets.get("toy_again", pipeline.data_config(common.data())).tasks() == list(toyworld.TASKS)

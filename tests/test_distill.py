@@ -1,28 +1,30 @@
-"""Tests for gemb.proj.distill, each against an independent reference.
+"""Tests for the distillation experiment (gemb.proj.distill) and the trainer's distillation
+stage, each against an independent reference.
 
 References: the distillation objective written plainly in float64 numpy; the ids of every
 ToyWorld example of a domain, recomputed from the raw examples; a teacher run on the fly versus
-the same teacher precomputed into a table; gemb.evaluate's retrieval evaluator. Runs on the 8
-CPU devices of conftest.py. Compilations are few (one train step, one forward per layout):
-they dominate the time on a CPU.
+the same teacher precomputed into a table; an uninterrupted run for a resumed one;
+gemb.evaluate's retrieval evaluator. Runs on the 8 CPU devices of conftest.py. Compilations are
+few (one train step, one forward per layout): they dominate the time on a CPU.
 """
 import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 from scipy.special import log_softmax
 
+from configs import common
 from configs.proj import distill as distill_config
-from gemb import sharding
-from gemb.data import pipeline, tokenizer
+from gemb import losses, sharding
+from gemb.data import features, pipeline, tokenizer
 from gemb.datasets import toyworld
-from gemb.proj.distill import evaluation, run as distill_run, step as distill_step
-from gemb.proj.distill import teachers as teachers_lib, train as distill_train
-from gemb.evaluate import registry, toyworld_suite
-from gemb.train import metrics as metrics_lib
+from gemb.evaluate import registry
+from gemb.proj.distill import evaluation, run as distill_run
+from gemb.train import checkpoints, config_check, step as step_lib, teachers as teachers_lib
+from gemb.train import trainer
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +36,14 @@ def config():
   c.data.toyworld_size = 8
   c.batch_size = 8
   c.steps = 8
-  c.optim.lr, c.optim.warmup_steps, c.optim.schedule = 3e-3, 0, "constant"
-  c.checkpoint.every = 4
-  c.log_every = 1
   c.eval.num_candidates = 8
+  for student in c.students.values():  # the students' budget follows; their settings
+    student.data.toyworld_size = 8
+    student.stages.train.steps = c.steps
+    student.stages.train.mixture = distill_run.domain_mixture(c)
+    student.optim.lr, student.optim.warmup_steps, student.optim.schedule = 3e-3, 0, "constant"
+    student.checkpoint.every = 4
+    student.log_every = 1
   return c
 
 
@@ -95,26 +101,47 @@ def _random_batch(seed, batch=16, dim=32, teacher_dim=12):
       positive_ids=rng.integers(0, 10, batch).astype(np.int32))
 
 
+def _distill_loss(mesh, mrl_dims, mrl_weights, temperatures, weights):
+  """The trainer's distillation loss f(query, positive, batch) -> (loss, terms), as a stage
+  with these settings builds it (gemb.train.step)."""
+  teacher_temperature, student_temperature, contrastive_temperature = temperatures
+  loss_cfg = common.loss(temperature=contrastive_temperature, learn_temperature=False,
+                         mrl_weights=mrl_weights)
+  distill = ml_collections.ConfigDict(dict(
+      weights=weights, teacher_temperature=teacher_temperature,
+      student_temperature=student_temperature))
+  loss_fn = step_lib.make_loss(loss_cfg, mrl_dims, mesh, distill)
+  settings = step_lib.loss_settings(loss_cfg, distill)
+  return lambda query, positive, batch: loss_fn({}, query, positive, None, batch, settings)
+
+
+def _labels(batch, teacher_query, teacher_positive):
+  return {"query_id": batch["query_ids"], "positive_id": batch["positive_ids"],
+          "teacher_query": teacher_query, "teacher_positive": teacher_positive}
+
+
 def test_objective_matches_numpy_over_the_sharded_global_batch(mesh):
   batch = _random_batch(0)
   temperatures = (0.1, 0.05, 0.07)
   mrl_dims, mrl_weights = (8, 32), (0.25, 0.75)
-  terms_fn = distill_step.make_terms_fn(mrl_dims, mrl_weights, symmetric=True, mesh=mesh)
-  got = jax.jit(terms_fn)(*batch.values(), *(jnp.float32(t) for t in temperatures))
+  weights = {"kl": 1.0, "l2": 2.0, "contrastive": 0.5}
+  loss_fn = _distill_loss(mesh, mrl_dims, mrl_weights, temperatures, weights)
+  loss, got = jax.jit(loss_fn)(batch["query"], batch["positive"], _labels(
+      batch, batch["teacher_query"], batch["teacher_positive"]))
   want = _numpy_terms(*batch.values(), *temperatures, mrl_dims, mrl_weights)
-  for name in distill_step.TERMS:
+  for name in losses.DISTILLATION_TERMS:
     np.testing.assert_allclose(float(got[name]), want[name], rtol=2e-5, atol=1e-6, err_msg=name)
+  np.testing.assert_allclose(float(loss), sum(w * want[k] for k, w in weights.items()),
+                             rtol=2e-5, atol=1e-6)
 
 
 def test_identical_teacher_and_student_give_zero_loss_and_gradient(mesh):
   batch = _random_batch(1, teacher_dim=32)
-  terms_fn = distill_step.make_terms_fn((32,), None, symmetric=True, mesh=mesh)
+  loss_fn = _distill_loss(mesh, (32,), None, (0.05, 0.05, 0.05),
+                          {"kl": 1.0, "l2": 1.0, "contrastive": 0.0})
 
   def distillation(query, positive):
-    terms = terms_fn(query, positive, batch["query"], batch["positive"], batch["query_ids"],
-                     batch["positive_ids"], jnp.float32(0.05), jnp.float32(0.05),
-                     jnp.float32(0.05))
-    return terms["kl"] + terms["l2"], terms
+    return loss_fn(query, positive, _labels(batch, batch["query"], batch["positive"]))
 
   (_, terms), grads = jax.jit(jax.value_and_grad(distillation, argnums=(0, 1), has_aux=True))(
       batch["query"], batch["positive"])
@@ -126,13 +153,16 @@ def test_identical_teacher_and_student_give_zero_loss_and_gradient(mesh):
 
 def test_student_settings_are_checked(config):
   student = config.students.kl.copy_and_resolve_references()
-  student.weights = {"kl": 0.0, "l2": 0.0, "contrastive": 0.0}
-  with pytest.raises(ValueError, match="every student loss weight is 0"):
-    distill_step.hyperparameters(student)
+  student.stages.train.distill.weights = {"kl": 0.0, "l2": 0.0, "contrastive": 0.0}
+  with pytest.raises(ValueError, match="every weight of .*distill.weights is 0"):
+    config_check.distill_stage(student, "train")
   student = config.students.kl.copy_and_resolve_references()
-  student.teacher_temperature = 0.0
+  student.stages.train.distill.teacher_temperature = 0.0
   with pytest.raises(ValueError, match="teacher_temperature"):
-    distill_step.hyperparameters(student)
+    config_check.distill_stage(student, "train")
+  student = config.students.kl.copy_and_resolve_references()  # teachers are set by run.py
+  with pytest.raises(ValueError, match="no teacher for task"):
+    config_check.distill_stage(student, "train")
 
 
 # ----------------------------------------------------------------------------------
@@ -142,7 +172,7 @@ def test_student_settings_are_checked(config):
 def _domain_ids(config, domain):
   """Every (query id, positive id) of a domain's training examples, from the raw examples."""
   examples, _ = distill_run._training_examples(config, domain)
-  return {teachers_lib.example_ids(raw) for raw in examples}
+  return {features.example_ids(raw) for raw in examples}
 
 
 def test_batches_hold_one_domain(config):
@@ -152,7 +182,7 @@ def test_batches_hold_one_domain(config):
   ids = {domain: _domain_ids(config, domain) for domain in config.domains}
   query_ids = {domain: {q for q, _ in pairs} for domain, pairs in ids.items()}
   assert not query_ids["text_to_image"] & query_ids["text_to_audio"]  # the check can tell
-  data = pipeline.make_iterator(config.data, config.model, distill_train.domain_mixture(config),
+  data = pipeline.make_iterator(config.data, config.model, distill_run.domain_mixture(config),
                                 hard_negatives=False)
   seen = set()
   for _ in range(12):
@@ -170,35 +200,40 @@ def encoder_teachers(config, mesh):
   """A randomly initialised gemb encoder per domain, standing in for trained specialists."""
   teachers = {}
   for seed, domain in enumerate(config.domains):
-    teacher_config = config.copy_and_resolve_references()
-    teacher_config.seed = 100 + seed
-    graphdef, params, rest = distill_train.init_student(teacher_config, mesh)
-    teachers[domain] = teachers_lib.EncoderTeacher(config.model, graphdef, params["encoder"],
-                                                   rest, mesh)
+    teachers[domain] = teachers_lib.EncoderTeacher(
+        config.model, *checkpoints.load_encoder(config.model, mesh, seed=100 + seed), mesh)
   return teachers
 
 
 @pytest.fixture(scope="module")
-def table_teachers(config, mesh, encoder_teachers):
-  """The same teachers precomputed over every training example of their own domain only."""
-  tables = {}
+def table_paths(config, encoder_teachers, tmp_path_factory):
+  """The same teachers precomputed over every training example of their own domain only, as
+  table files: domain -> path."""
+  folder, paths = tmp_path_factory.mktemp("tables"), {}
   for domain, teacher in encoder_teachers.items():
     examples, task_string = distill_run._training_examples(config, domain)
     ids, embeddings = teachers_lib.precompute_table(lambda x, t=teacher: t.embed(x, None),
                                                     examples, task_string)
-    tables[domain] = teachers_lib.TableTeacher(ids, embeddings, mesh, name=domain)
-  return tables
+    paths[domain] = str(folder / f"{domain}.npz")
+    teachers_lib.save_table(paths[domain], ids, embeddings)
+  return paths
+
+
+@pytest.fixture(scope="module")
+def table_teachers(mesh, table_paths):
+  return {domain: teachers_lib.TableTeacher.from_file(path, mesh)
+          for domain, path in table_paths.items()}
 
 
 def _first_batches(config, mesh):
-  """The first batch of each domain, as the student's iterator yields them."""
-  data = pipeline.make_iterator(config.data, config.model, distill_train.domain_mixture(config),
+  """The first batch of each domain, as the student's stage reads and shards them."""
+  data = pipeline.make_iterator(config.data, config.model, distill_run.domain_mixture(config),
                                 hard_negatives=False)
   batches, order = {}, []
   while len(batches) < len(config.domains):
     domain, host_batch = next(data)
     order.append(domain)
-    batches.setdefault(domain, (host_batch, distill_train._shard(host_batch, mesh)))
+    batches.setdefault(domain, (host_batch, sharding.shard_batch(host_batch, mesh)))
   data.close()
   return batches, order[0]
 
@@ -224,44 +259,130 @@ def test_table_lookup_normalises_rows_and_names_missing_ids(mesh):
 # Training and evaluation.
 
 
-def test_student_training_reduces_the_kl_on_single_domain_batches(config, mesh, table_teachers,
-                                                                 tmp_path):
+def _student(config, name, table_paths):
+  """Student `name`'s trainer config with the table teachers, as run.py sets the specialists."""
+  student = config.students[name].copy_and_resolve_references()
+  student.stages.train.distill.teachers = {
+      domain: {"type": "table", "path": path} for domain, path in table_paths.items()}
+  return student
+
+
+def _logged(workdir) -> dict:
+  """step -> metrics record of metrics.jsonl; a step logged twice keeps its last record."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {record["step"]: record for record in map(json.loads, f) if "loss" in record}
+
+
+@pytest.fixture(scope="module")
+def trained_student(config, table_paths, tmp_path_factory):
+  """The KL student trained uninterrupted by the trainer: (its config, its workdir)."""
   # Each table holds its own domain's examples alone: a batch mixing domains, or a batch given
   # to another domain's teacher, would fail its lookup with a KeyError.
-  writer = metrics_lib.MetricWriter(str(tmp_path))
-  path = distill_train.train_student(config, str(tmp_path), "kl", table_teachers, mesh, writer)
-  writer.close()
+  student, workdir = _student(config, "kl", table_paths), str(tmp_path_factory.mktemp("kl"))
+  trainer.train_and_evaluate(student, workdir)
+  return student, workdir
+
+
+def test_student_training_reduces_the_kl_on_single_domain_batches(config, mesh, table_teachers,
+                                                                 trained_student):
+  student, workdir = trained_student
+  path = checkpoints.resolve("train", workdir)
   assert os.path.basename(path) == str(config.steps)
 
-  student_cfg = config.students.kl
-  temperatures = (student_cfg.teacher_temperature, student_cfg.student_temperature,
-                  student_cfg.contrastive_temperature)
+  distill = student.stages.train.distill
+  temperatures = (distill.teacher_temperature, distill.student_temperature,
+                  student.loss.temperature)
   mrl = (tuple(config.model.mrl_dims), (0.5, 0.5))
-  graphdef, params, rest = distill_train.init_student(config, mesh)  # train_student's start
-  initial = teachers_lib.EncoderTeacher(config.model, graphdef, params["encoder"], rest, mesh)
-  final = teachers_lib.EncoderTeacher.from_checkpoint(config.model, config.seed, path, mesh)
+  initial = teachers_lib.EncoderTeacher(  # the stage's start: a random init of its seed
+      config.model, *checkpoints.load_encoder(student.model, mesh, seed=student.seed), mesh)
+  final = teachers_lib.EncoderTeacher.from_checkpoint(config.model, path, mesh)
   batches, first_domain = _first_batches(config, mesh)
 
-  def numpy_terms(student, domain):
+  def numpy_terms(model, domain):
     host_batch, batch = batches[domain]
-    embeddings = [np.asarray(x) for x in student.batch_embeddings(host_batch, batch)]
+    embeddings = [np.asarray(x) for x in model.batch_embeddings(host_batch, batch)]
     teacher = [np.asarray(x) for x in table_teachers[domain].batch_embeddings(host_batch, batch)]
     return _numpy_terms(*embeddings, *teacher, host_batch["query_id"], host_batch["positive_id"],
                         *temperatures, *mrl)
 
-  with open(tmp_path / "metrics.jsonl") as f:
-    logged = [json.loads(line) for line in f]
-  first = next(record for record in logged if record["step"] == 1)
+  first = _logged(workdir)[1]
   want = numpy_terms(initial, first_domain)
-  for name in distill_step.TERMS:  # the loop's step-1 loss is the objective of the 1st batch
+  for name in losses.DISTILLATION_TERMS:  # the step-1 loss is the objective of the 1st batch
     assert first[name] == pytest.approx(want[name], rel=1e-4), name
+  assert first["loss"] == pytest.approx(want["kl"], rel=1e-4)  # the KL student's loss: kl alone
   for domain in config.domains:
     before, after = numpy_terms(initial, domain)["kl"], numpy_terms(final, domain)["kl"]
     assert after < 0.7 * before, (domain, before, after)
 
-  # Run again: it resumes from the last checkpoint and has nothing left to do.
-  assert distill_train.train_student(config, str(tmp_path), "kl", table_teachers, mesh,
-                                     metrics_lib.MetricWriter(str(tmp_path), enabled=False)) == path
+
+def test_a_finished_student_is_only_reloaded(trained_student):
+  student, workdir = trained_student
+  logged = _logged(workdir)
+  path = checkpoints.resolve("train", workdir)
+  trainer.train_and_evaluate(student, workdir)  # run again: nothing left to do
+  assert checkpoints.resolve("train", workdir) == path
+  assert _logged(workdir) == logged  # no step was taken again
+
+
+def test_killed_student_resumes_on_exactly_the_next_batch(config, table_paths, trained_student,
+                                                         tmp_path, monkeypatch):
+  """Stopped after 5 of 8 steps (checkpoints every 4), then run again: every step's metrics are
+  the uninterrupted run's."""
+  student = _student(config, "kl", table_paths)
+  student.checkpoint.async_save = False  # the step-4 checkpoint is on disk when it stops
+  init_train_state = trainer.init_train_state
+
+  class Killed(Exception):
+    pass
+
+  def killed_after_five_steps(*args):
+    graphdef, state, train_step = init_train_state(*args)
+
+    def step(state, batch):
+      if int(state["step"]) == 5:
+        raise Killed()
+      return train_step(state, batch)
+    return graphdef, state, step
+
+  monkeypatch.setattr(trainer, "init_train_state", killed_after_five_steps)
+  with pytest.raises(Killed):
+    trainer.train_and_evaluate(student, str(tmp_path))
+  assert max(_logged(tmp_path)) == 5
+  monkeypatch.setattr(trainer, "init_train_state", init_train_state)
+  trainer.train_and_evaluate(student, str(tmp_path))  # resumes at step 4
+
+  expected, resumed = _logged(trained_student[1]), _logged(tmp_path)
+  assert resumed.keys() == expected.keys() == set(range(1, config.steps + 1))
+  for step in expected:
+    for key in ("loss", *losses.DISTILLATION_TERMS, "grad_norm"):
+      np.testing.assert_allclose(resumed[step][key], expected[step][key], rtol=0, atol=1e-6,
+                                 err_msg=f"step {step} {key}")
+
+
+def test_per_side_distillation_step_equals_the_fused_step(config, mesh, table_paths,
+                                                         table_teachers):
+  student = _student(config, "kl_contrastive", table_paths)
+  states, steps = {}, {}
+  for fused in (True, False):  # the same random init (same seed), two ways to step
+    student.fused_step = fused
+    _, states[fused], steps[fused] = trainer.init_train_state(student, "train", mesh)
+  batches, _ = _first_batches(config, mesh)
+  for domain, (host_batch, batch) in batches.items():
+    batch = dict(batch)  # joined with the teacher's embeddings, as a distillation stage does
+    batch["teacher_query"], batch["teacher_positive"] = table_teachers[domain].batch_embeddings(
+        host_batch, batch)
+    metrics = {}
+    with jax.set_mesh(mesh):
+      for fused in (True, False):
+        states[fused], metrics[fused] = steps[fused](states[fused], batch)
+    for key in ("loss", *losses.DISTILLATION_TERMS, "grad_norm"):
+      np.testing.assert_allclose(metrics[False][key], metrics[True][key], rtol=1e-5,
+                                 err_msg=f"{domain} {key}")
+  fused = jax.tree_util.tree_leaves_with_path(states[True]["params"])
+  for (path, a), b in zip(fused, jax.tree.leaves(states[False]["params"])):
+    a, b = np.asarray(a), np.asarray(b)  # relative to each leaf's scale, as the trainer's test
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * max(np.abs(a).max(), 1e-6),
+                               err_msg=jax.tree_util.keystr(path))
 
 
 def test_domain_evaluation_equals_the_retrieval_evaluator(config, encoder_teachers):
@@ -273,10 +394,11 @@ def test_domain_evaluation_equals_the_retrieval_evaluator(config, encoder_teache
               for i in range(count)]
   assert [q[0]["text"] for q in task.queries] == [ex["query"][0]["text"] for ex in examples]
   teacher = encoder_teachers[domain]
+  keys = [ex["positive_key"] for ex in examples]
   reference = registry.create(
       "retrieval", queries=[ex["query"] for ex in examples],
       corpus=[ex["positive"] for ex in examples],
-      relevant=toyworld_suite._relevant_by_key([ex["positive_key"] for ex in examples]))
+      relevant=[{j for j, other in enumerate(keys) if other == key} for key in keys])
   want = dict(reference.run(lambda inputs: teacher.embed(inputs, None)))
   got = task.metrics(teacher.embed)
   for metric in ("R@1", "R@5", "NDCG@10", "MRR@10"):
@@ -288,16 +410,21 @@ def test_domain_evaluation_equals_the_retrieval_evaluator(config, encoder_teache
 
 
 def test_fused_baseline_must_have_the_students_budget():
+  check = lambda c: config_check.distillation(c, baselines=("specialist", "fusion"))
   config = distill_config.get_config("tiny")
-  distill_run.check_config(config)  # the shipped config is consistent
+  check(config)  # the shipped config is consistent
   config.fusion.stages.train.steps = config.steps + 1
   with pytest.raises(ValueError, match="the students' budget"):
-    distill_run.check_config(config)
+    check(config)
+  config = distill_config.get_config("tiny")
+  config.students.l2.stages.train.mixture.text_to_image.batch_size = 2 * config.batch_size
+  with pytest.raises(ValueError, match="the students' budget"):
+    check(config)
   config = distill_config.get_config("tiny")
   domain = next(iter(config.domains))
   config.specialists[domain].train.stages.train.mixture = config.fusion.stages.train.mixture
   with pytest.raises(ValueError, match="alone"):
-    distill_run.check_config(config)
+    check(config)
 
 
 def test_goal_compares_each_student_with_the_specialists_and_the_fused_model():
@@ -312,7 +439,7 @@ def test_goal_compares_each_student_with_the_specialists_and_the_fused_model():
   assert not goal["kl"]["within_margin_on_every_domain"]
   assert goal["kl"]["ahead_of_fusion_on_average"]
   assert goal["l2"]["within_margin_on_every_domain"] and goal["l2"]["ahead_of_fusion_on_average"]
-  table = distill_run.markdown_table(report)
+  table = distill_run.domain_table(report)
   assert "| a | 90.0 | 50.0 | 89.0 | 95.0 |" in table and "| **average** | 85.0" in table
 
 

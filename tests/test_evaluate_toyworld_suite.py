@@ -5,11 +5,18 @@ import zlib
 import numpy as np
 import pytest
 
+from configs import common
 from gemb.datasets import toyworld
 from gemb.datasets.toyworld.signals import COLOUR_RGB
 from gemb.evaluate import suite, toyworld_suite
 
 WORLD = toyworld.DEFAULT_CONFIG
+
+
+def _build(num_candidates, *names):
+  """The named evaluators of the ToyWorld suite's config.evals entries (full embeddings only)."""
+  evals = {name: toyworld_suite.evals(num_candidates=num_candidates)[name] for name in names}
+  return suite.build(evals, common.eval_settings(), world=WORLD)
 
 
 def _object_mask(image: np.ndarray) -> np.ndarray:
@@ -47,8 +54,8 @@ def test_audio_probe_labels_are_the_rendered_pitch():
 
 @pytest.mark.parametrize("modality, attribute", [("image", "colour"), ("audio", "size")])
 def test_probe_of_an_embedding_that_encodes_the_attribute_is_exact(modality, attribute):
-  tasks = toyworld_suite.build({"num_candidates": 64, "mrl": False}, world=WORLD)
   name = f"probe_{modality}_{attribute}"
+  tasks = _build(64, name)
   inputs, labels = toyworld_suite.attribute_probe_data(modality, 64, seed=0, world=WORLD)
   label_of = {parts[0][modality].tobytes(): label
               for parts, label in zip(inputs, labels[attribute])}
@@ -72,7 +79,7 @@ def test_an_embedding_of_what_a_sound_shows_finds_every_image_of_it():
   # a right answer too: an embedding of exactly the sound's content (shape, colour, size of
   # each object) must score R@1 = 1 both ways, though eval scenes repeat sound contents.
   n = 128
-  tasks = toyworld_suite.build({"num_candidates": n, "mrl": False}, world=WORLD)
+  tasks = _build(n, "audio_to_image")
   content = {}  # rendered bytes -> the attributes a sound shows
   for i in range(n):
     example = toyworld.example("audio_to_image", "eval", i, 0, WORLD)
@@ -106,8 +113,7 @@ def test_the_held_out_shape_probe_fits_on_balanced_pairs_and_tests_on_held_out_o
 
 def test_the_held_out_shape_probe_scores_shape_and_not_colour():
   n = 128
-  probe = toyworld_suite.build({"num_candidates": n, "mrl": False},
-                               world=WORLD)["probe_image_shape_held_out"]
+  probe = _build(n, "probe_image_shape_held_out")["probe_image_shape_held_out"]
   fit, fit_shapes, test, test_shapes = toyworld_suite.held_out_shape_probe_data(n, 0, WORLD)
   shape_of = {p[0]["image"].tobytes(): s for p, s in zip(fit + test, fit_shapes + test_shapes)}
 
@@ -128,7 +134,7 @@ def test_the_held_out_shape_probe_scores_shape_and_not_colour():
 
 def test_a_shape_embedding_classifies_perfectly_and_a_random_one_at_chance():
   n = 128
-  tasks = toyworld_suite.build({"num_candidates": n, "mrl": False}, world=WORLD)
+  tasks = _build(n, "classification", "classification_zero_shot")
   label_of = {toyworld.answer_word("en", "shape", k): k for k in range(len(toyworld.SHAPES))}
   for split in ("train", "eval"):
     for i in range(n):
@@ -151,3 +157,16 @@ def test_a_shape_embedding_classifies_perfectly_and_a_random_one_at_chance():
     results = suite.run_suite("toyworld", chosen, fn)  # random: chance 0.2, 3 sd at n=128 0.31
     assert check(results["toyworld/classification/accuracy"]), fn
     assert check(results["toyworld/classification_zero_shot/R@1"]), fn
+
+
+def test_the_suite_is_config_entries_and_a_run_keeps_toyworld_keys():
+  evals = toyworld_suite.evals(num_candidates=16)
+  assert all(entry["dataset"] == "toyworld" for entry in evals.values())
+  assert {"text_to_image", "classification_zero_shot", "probe_audio_size",
+          "probe_image_shape_held_out"} <= set(evals)
+  evals = {"sts": evals["sts"], "text_to_image": evals["text_to_image"]}
+  evaluators = suite.build(evals, common.eval_settings(quantized=False), world=WORLD)
+  rng = np.random.default_rng(0)
+  results = suite.run(evals, evaluators, lambda batch: rng.normal(size=(len(batch), 8)))
+  assert "toyworld/text_to_image/R@1" in results and "toyworld/sts/spearman" in results
+  assert not any("@int8" in key for key in results)  # quantized=False drops the entry's option

@@ -6,8 +6,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -15,30 +13,20 @@ from flax import nnx
 from PIL import Image
 from scipy.io import wavfile
 
-from configs import model_presets
+from configs import common
 from gemb.data import features
 from gemb.export import bundle as export_bundle
-from gemb.model.encoder import Encoder, mrl_prefixes
+from gemb.model.encoder import mrl_prefixes
 from gemb.train import checkpoints
+from serve_helpers import random_encoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODALITY_SETS = [["text"], ["image", "text"], ["text", "image", "audio", "video"]]
 
 
-def random_encoder(model_cfg, seed):
-  """An Encoder with numpy-random params (fast: no compiled initialisers needed)."""
-  graphdef, params, rest = nnx.split(
-      nnx.eval_shape(lambda: Encoder(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
-  rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.05, x.shape), x.dtype), params)
-  rest = jax.tree.map(lambda x: jax.random.key(0) if jax.dtypes.issubdtype(
-      x.dtype, jax.dtypes.prng_key) else jnp.zeros(x.shape, x.dtype), rest)
-  return nnx.merge(graphdef, params, rest)
-
-
 def _config():
   config = ml_collections.ConfigDict()
-  config.model = model_presets.get_model_config("tiny")
+  config.model = common.model("tiny")
   # The smoke's kind of pixel stems: a stride-1 then a stride-2 convolution on images, one
   # stride-2 convolution on video frames, each patch's mean colour beside them.
   config.model.image_conv_channels, config.model.image_conv_strides = (8, 16), (1, 2)
@@ -47,7 +35,7 @@ def _config():
   config.stage_order = ("finetune",)
   # Three programs keep the test fast; image-only and audio/video-only inputs then run in the
   # smallest exported superset of their modalities, with masked empty slots.
-  config.export = {"modality_sets": MODALITY_SETS, "platforms": ["cpu"]}
+  config.export = common.export(modality_sets=MODALITY_SETS, platforms=("cpu",))
   return config
 
 
@@ -161,10 +149,10 @@ def test_manifest_describes_the_model_limits_and_functions(exported):
 def test_export_refuses_params_of_another_model(exported, tmp_path):
   config, encoder, _, _ = exported
   _, params, _ = nnx.split(encoder, nnx.Param, ...)
-  other = model_presets.get_model_config("tiny")
+  other = common.model("tiny")
   other.depth = 3
   with pytest.raises(ValueError, match="missing .*blocks/2"):
-    export_bundle.export_params(other, params, str(tmp_path / "bundle"))
+    export_bundle.export_params(other, params, str(tmp_path / "bundle"), config.export)
 
 
 def test_export_settings_reject_unknown_keys():

@@ -114,18 +114,16 @@ def test_two_processes_give_the_losses_of_one(reference_run, tmp_path, cache_dir
 
 def test_soup_is_the_average_of_its_ingredients(reference_run):
   import jax
-  from gemb.train import checkpoints, trainer
+  from gemb import sharding
+  from gemb.train import checkpoints
   sys.path.insert(0, os.path.dirname(CONFIG))
   import tiny_config
   config = tiny_config.get_config()
-  _, params, _ = trainer.abstract_model(config)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                     sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0])),
-      params)
-  soup = checkpoints.load_params(checkpoints.resolve("soup", str(reference_run)), abstract)
-  ingredients = [checkpoints.load_params(checkpoints.resolve(ref, str(reference_run)), abstract)
-                 for ref in config.stages.soup.ingredients]
+  one_device = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  load = lambda ref: checkpoints.load_encoder(
+      config.model, one_device, checkpoints.resolve(ref, str(reference_run)))[1]
+  soup = load("soup")
+  ingredients = [load(ref) for ref in config.stages.soup.ingredients]
   assert len(ingredients) == 2
   for got, *parts in zip(jax.tree.leaves(soup), *map(jax.tree.leaves, ingredients)):
     np.testing.assert_allclose(np.asarray(got), np.mean([np.asarray(p) for p in parts], axis=0),

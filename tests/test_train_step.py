@@ -1,5 +1,5 @@
 """The per-side train step is the fused train step, compiled differently; the steps' metrics on
-the host, and the stop on a bad step before it is checkpointed."""
+the host, the stop on a bad step before it is checkpointed, and the one encoder loader."""
 import os
 import sys
 
@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from gemb import sharding
 from gemb.data import pipeline
-from gemb.train import metrics as metrics_lib, trainer
+from gemb.model.encoder import Encoder
+from gemb.train import checkpoints, metrics as metrics_lib, trainer
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_config  # noqa: E402
@@ -116,3 +118,39 @@ def test_run_plots_include_each_task_loss(tmp_path):
   trainer.plot_run(tiny_config.get_config(), str(tmp_path), {})
   assert (tmp_path / "eval" / "training.png").stat().st_size > 0
   assert (tmp_path / "eval" / "task_losses.png").stat().st_size > 0
+
+
+def test_load_encoder_restores_the_saved_params_sharded_without_a_random_init(tmp_path,
+                                                                              monkeypatch):
+  config = tiny_config.get_config()
+  config.model.depth = 3  # an architecture no other test builds: nothing of it is cached
+  mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1})
+  # The saved params: numpy draws, no initialiser's; on one device, as any writer may leave them.
+  _, abstract, _ = nnx.split(nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(0))),
+                             nnx.Param, ...)
+  rng = np.random.default_rng(0)
+  saved = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), x.dtype), abstract)
+  manager = checkpoints.make_manager(checkpoints.stage_dir(str(tmp_path), "train"), every=1,
+                                     keep=1, async_save=False)
+  checkpoints.save(manager, 3, {"params": {"encoder": saved}}, {}, force=True)
+  manager.close()
+
+  built = []  # every Encoder construction: abstract (eval_shape) or traced for an init
+  construct = Encoder.__init__
+  monkeypatch.setattr(Encoder, "__init__",
+                      lambda self, *a, **k: (built.append(1), construct(self, *a, **k))[1])
+  _, loaded, rest = checkpoints.load_encoder(config.model, mesh,
+                                             checkpoints.resolve("train", str(tmp_path)))
+  assert len(built) == 1  # the abstract shapes only, no random init
+  _, initialised, _ = checkpoints.load_encoder(config.model, mesh, seed=0)
+  assert len(built) == 2  # a random init builds it again: the count can tell
+
+  assert not jax.tree.leaves(rest)
+  leaves = jax.tree_util.tree_leaves_with_path(loaded)
+  assert len(leaves) == len(jax.tree.leaves(saved))
+  for (path, got), want, init in zip(leaves, jax.tree.leaves(saved),
+                                     jax.tree.leaves(initialised)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
+                                  err_msg=jax.tree_util.keystr(path))
+    assert got.sharding == init.sharding, jax.tree_util.keystr(path)  # the init's placement
+  assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(loaded))

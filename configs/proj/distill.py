@@ -16,19 +16,23 @@ Any domain can also be a manifest or TFDS task: add `source='manifest'` (or 'tfd
 config.domains entry and to its specialist's mixture, and set config.data.manifest /
 config.data.tfds (and config.eval.manifest for held-out examples in their own file).
 An outside model as a specialist: config.specialists.<domain> = dict(type='table', path=...)
-(a .npz of embeddings per example id; see gemb/proj/distill/teachers.py).
+(a .npz of embeddings per example id; see gemb/train/teachers.py).
+
+Every model is trained by gemb.train.trainer from its own config here: a specialist's and the
+fused model's are contrastive training stages; a student's is a distillation stage (type
+'distill') whose teachers gemb/proj/distill/run.py sets to the trained specialists.
 """
 import ml_collections
 
-from configs import recipe
+from configs import common
 
 DOMAINS = ("text_to_image", "code_to_image", "text_to_audio", "text_to_video")
 
 
 def _model(tiny: bool) -> ml_collections.ConfigDict:
-  # The recipe's ToyWorld tokenizer and log-mel statistics: a single-object caption or program is
-  # at most 16 tokens, so every one fits whole (tests/test_distill.py).
-  model = recipe.toyworld_model("tiny")
+  # ToyWorld's tokenizer and log-mel statistics: a single-object caption or program is at most
+  # 16 tokens, so every one fits whole (tests/test_distill.py).
+  model = common.toyworld_model("tiny")
   if tiny:
     model.width, model.depth, model.num_heads, model.embed_dim = 32, 1, 2, 32
     model.mrl_dims = (8, 32)
@@ -36,45 +40,50 @@ def _model(tiny: bool) -> ml_collections.ConfigDict:
 
 
 def _data(tiny: bool) -> ml_collections.ConfigDict:
-  data = ml_collections.ConfigDict()
-  data.source = "toyworld"
-  data.seed = 0
-  data.toyworld_size = 256 if tiny else 4096  # training examples per domain
-  data.toyworld = {
-      "count_weights": (1.0,),  # one object per scene: short captions, fast to learn
-      "audio_seconds": round(_model(tiny).max_audio_frames * 0.01, 2),  # what the model hears
-  }
-  # No task strings: each domain's queries already say what they are, and they would double
-  # the text the tiny model reads. Evaluation follows (no task strings either).
-  data.task_string_dropout = 1.0
-  data.worker_count = 0
-  data.prefetch = 2
-  data.on_bad_record = "raise"
-  return data
-
-
-def _optim(lr: float, warmup_steps: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      lr=lr, schedule="cosine", warmup_steps=warmup_steps, final_lr_fraction=0.05,
-      weight_decay=0.05, b1=0.9, b2=0.98, eps=1e-8, clip_norm=1.0, accumulate_steps=1))
+  return common.data(
+      source="toyworld",
+      toyworld_size=256 if tiny else 4096,  # training examples per domain
+      # One object per scene: short captions, fast to learn; sounds as long as the model hears.
+      toyworld={"count_weights": (1.0,), **common.toyworld_world(_model(tiny))},
+      # No task strings: each domain's queries already say what they are, and they would double
+      # the text the tiny model reads. Evaluation follows (no task strings either).
+      task_string_dropout=1.0)
 
 
 def train_config(rates: dict, steps: int, batch_size: int, tiny: bool, lr: float,
                  warmup_steps: int, checkpoint_every: int) -> ml_collections.ConfigDict:
   """A one-stage gemb training config (a specialist or the fused baseline)."""
-  c = recipe.recipe(model="tiny", lr=lr, checkpoint_every=checkpoint_every)
+  c = common.run(log_every=max(steps // 4, 1))
   c.model = _model(tiny)
   c.data = _data(tiny)
-  c.optim = _optim(lr, warmup_steps)
-  c.loss.temperature = 0.05
-  c.checkpoint.keep = 1
-  c.log_every = max(steps // 4, 1)
-  c.eval.suite = ""  # the distillation report evaluates every model on every domain itself
+  c.loss = common.loss(temperature=0.05)
+  c.optim = common.optim(lr=lr, warmup_steps=warmup_steps)
+  c.checkpoint = common.checkpoint(every=checkpoint_every, keep=1)
+  c.eval = common.eval_settings()
+  c.evals = {}  # the distillation report evaluates every model on every domain itself
+  c.export = common.export()
   c.stage_order = ("train",)
   c.stages = ml_collections.ConfigDict()
   c.stages.train = ml_collections.ConfigDict(dict(
       type="train", steps=steps, init="random", hard_negatives=False, eval_every=0,
-      mixture=recipe.mixture(rates, batch_size)))
+      mixture=common.mixture(rates, batch_size)))
+  return c
+
+
+def student_config(rates: dict, steps: int, batch_size: int, tiny: bool, lr: float,
+                   warmup_steps: int, checkpoint_every: int, **weights) -> ml_collections.ConfigDict:
+  """A student: the fused baseline's config, its stage distilling the specialists with the loss
+  sum_term weights[term] * term over kl, l2, contrastive (gemb.losses.distillation_terms)."""
+  c = train_config(rates, steps, batch_size, tiny, lr, warmup_steps, checkpoint_every)
+  # One program per batch layout; the loss weights and temperatures are its arguments, so every
+  # student runs the same compiled step.
+  c.fused_step = True
+  c.loss.learn_temperature = False  # the contrastive term's temperature is loss.temperature
+  c.stages.train.type = "distill"
+  c.stages.train.distill = ml_collections.ConfigDict(dict(
+      weights={"kl": 0.0, "l2": 0.0, "contrastive": 0.0, **weights},
+      teacher_temperature=0.05, student_temperature=0.05,  # the KL's softmax temperatures
+      teachers={}))  # domain -> teacher: gemb/proj/distill/run.py sets the trained specialists
   return c
 
 
@@ -99,16 +108,12 @@ def build(tiny: bool, domains, steps: int, specialist_steps: int, batch_size: in
   of `batch_size` train each specialist on its domain alone."""
   c = ml_collections.ConfigDict()
   c.job = "distill"
-  c.seed = 0
-  c.model = _model(tiny)
+  c.model = _model(tiny)  # the universal models' (fused, students): evaluation reads its limits
   c.mesh = {"data": -1, "fsdp": 1, "tensor": 1}
   c.data = _data(tiny)
   c.domains = {d: {"rate": 1.0} for d in domains}
   c.steps = steps
   c.batch_size = batch_size
-  c.optim = _optim(lr, warmup)
-  c.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every, keep=1, async_save=True))
-  c.log_every = max(steps // 4, 1)
   c.compilation_cache_dir = ""  # '' = WORKDIR/jax_cache
   c.compilation_cache_min_seconds = 0.5
 
@@ -121,21 +126,15 @@ def build(tiny: bool, domains, steps: int, specialist_steps: int, batch_size: in
   c.specialists = {d: ml_collections.ConfigDict(dict(type="gemb", train=train_config(
       {d: 1.0}, specialist_steps, batch_size, tiny, lr, warmup, checkpoint_every)))
                    for d in domains}
-  c.fusion = train_config({d: 1.0 for d in domains}, steps, batch_size, tiny, lr, warmup,
-                          checkpoint_every)
+  universal = ({d: 1.0 for d in domains}, steps, batch_size, tiny, lr, warmup, checkpoint_every)
+  c.fusion = train_config(*universal)
 
-  # Students: the loss is sum_term weights[term] * term over kl, l2, contrastive.
-  def student(**weights):
-    return ml_collections.ConfigDict(dict(
-        weights={"kl": 0.0, "l2": 0.0, "contrastive": 0.0, **weights},
-        teacher_temperature=0.05, student_temperature=0.05,  # the KL's softmax temperatures
-        contrastive_temperature=0.05, symmetric=True, mrl_weights=None))
   c.students = ml_collections.ConfigDict()
-  c.students.kl = student(kl=1.0)
-  c.students.l2 = student(l2=1.0)
+  c.students.kl = student_config(*universal, kl=1.0)
+  c.students.l2 = student_config(*universal, l2=1.0)
   # The issue's optional added contrastive loss: KL to the teachers plus the in-batch loss on
   # the labels, weighted equally.
-  c.students.kl_contrastive = student(kl=1.0, contrastive=1.0)
+  c.students.kl_contrastive = student_config(*universal, kl=1.0, contrastive=1.0)
 
   c.eval = ml_collections.ConfigDict(dict(
       split="eval", num_candidates=num_candidates, ks=(1, 5, 10), batch_size=128,

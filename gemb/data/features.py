@@ -82,7 +82,7 @@ class FeatureConfig:
         kwargs[f.name] = tuple(value) if isinstance(value, (list, tuple)) else value
       elif f.default is dataclasses.MISSING:
         raise ValueError(f"config.model.{f.name} is missing; featurisation needs it "
-                         "(see configs/model_presets.py)")
+                         "(see configs/common.py)")
     return cls(**kwargs)
 
   def layout(self, max_parts: Mapping[str, int]) -> packing.Layout:
@@ -92,12 +92,12 @@ class FeatureConfig:
 
   @property
   def text_tokenizer(self):
-    return _tokenizer(self.tokenizer, self.vocab_size)
+    return _tokenizer(self.tokenizer, self.vocab_size, self.max_text_tokens)
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(name: str, vocab_size: int):
-  return tokenizer_lib.make_tokenizer(name, vocab_size)
+def _tokenizer(name: str, vocab_size: int, max_length: int):
+  return tokenizer_lib.make_tokenizer(name, vocab_size, max_length)
 
 
 def modality_of(part: Mapping[str, Any]) -> str:
@@ -132,7 +132,7 @@ def load_part(part: Mapping[str, Any], cfg: FeatureConfig, root: str = "") -> di
     if modality == "image":
       return {"image": image_lib.load_image(path)}
     if modality == "audio":
-      wave, rate = audio_lib.load_wav(path)
+      wave, rate = audio_lib.load_audio(path)
       return {"audio": audio_lib.resample(wave, rate, RAW_AUDIO_RATE)}
     # One frame more than the limit lets `featurise_part` see that a clip is too long.
     return {"video": video_lib.load_video(path, cfg.video_fps, cfg.max_video_frames + 1)}
@@ -246,6 +246,15 @@ def content_id(parts: Sequence[Mapping[str, Any]]) -> int:
       value = np.ascontiguousarray(value)
       chunks += [f"{value.dtype.str}{value.shape}".encode(), value.tobytes()]
   return _digest(chunks)
+
+
+def example_ids(raw: Mapping[str, Any]) -> tuple[int, int]:
+  """(query id, positive id) of a raw example, the ids its batch rows carry: the key's id when
+  the example has identity keys (ToyWorld, manifests with keys), else its content's."""
+  query = key_id(raw["query_key"]) if "query_key" in raw else content_id(raw["query"])
+  positive = (key_id(raw["positive_key"]) if "positive_key" in raw
+              else content_id(raw["positive"]))
+  return query, positive
 
 
 def count_modalities(modalities: Iterable[str]) -> dict[str, int]:

@@ -35,25 +35,8 @@ The mixture (a stage's `mixture`): {task: {rate, batch_size[, task_string][, sou
 overriding the task's own (ToyWorld tasks have one; manifest and TFDS tasks none by default),
 source overriding config.data.source for this task.
 
-config.data keys (DEFAULTS below has every key; unknown keys are an error):
-  source               'toyworld' | 'manifest' | 'tfds': where tasks come from
-  seed                 shuffles, task draws, task-string dropout, replacements (a stage's
-                       `seed` replaces it)
-  split                ToyWorld / TFDS split ('train')
-  toyworld_size        examples per ToyWorld task (a ToyWorld task is a finite seeded stream)
-  toyworld_seed        which ToyWorld universe
-  toyworld             optional ToyWorld WorldConfig overrides (gemb/datasets/toyworld/scenes.py)
-  manifest             path of a JSONL manifest (gemb/datasets/manifest.py)
-  tfds                 {task: {name, split, data_dir, query, positive[, negative]}}, see
-                       gemb/datasets/tfds.py
-  worker_count         worker processes (0: batches are built in the main process' threads)
-  worker_buffer_size   batches each worker keeps ready
-  read_threads         threads building batches in each process (0: on demand, no thread)
-  prefetch             batches the threads keep ready
-  task_string_dropout  probability of leaving the task string out of a query
-  on_bad_record        'raise' | 'skip'
-  max_replacements     with 'skip': records tried for one slot before giving up with an error
-  truncate             cut over-long text/audio/video to config.model's limits (else bad record)
+config.data: the keys of configs/common.py's `data()`, which documents each and holds their
+defaults; gemb/train/config_check.py checks them (`data_config` below calls it).
 """
 from __future__ import annotations
 
@@ -69,47 +52,16 @@ import numpy as np
 from gemb import datasets
 from gemb.data import features
 from gemb.data import packing
+from gemb.train import config_check
 
-DEFAULTS = dict(
-    source="toyworld",
-    seed=0,
-    split="train",
-    toyworld_size=100_000,
-    toyworld_seed=0,
-    toyworld=None,
-    manifest="",
-    tfds=None,
-    worker_count=0,
-    worker_buffer_size=2,
-    read_threads=1,
-    prefetch=2,
-    task_string_dropout=0.0,
-    on_bad_record="raise",
-    max_replacements=100,
-    truncate=True,
-)
 _SCHEDULE_BLOCK = 1024  # task draws are made in blocks of this many steps
 
 
 def data_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-  """config.data merged over DEFAULTS; unknown keys and bad values are errors naming the key."""
-  cfg = dict(data_cfg)
-  unknown = sorted(set(cfg) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f"unknown config.data keys {unknown}; known: {sorted(DEFAULTS)}")
-  cfg = {**DEFAULTS, **cfg}
-  if cfg["on_bad_record"] not in ("raise", "skip"):
-    raise ValueError(f"config.data.on_bad_record={cfg['on_bad_record']!r}; use 'raise' or 'skip'")
-  if not 0.0 <= cfg["task_string_dropout"] <= 1.0:
-    raise ValueError(f"config.data.task_string_dropout={cfg['task_string_dropout']} must be in "
-                     "[0, 1]")
-  for key in ("worker_count", "read_threads"):
-    if cfg[key] < 0:
-      raise ValueError(f"config.data.{key}={cfg[key]} must be >= 0")
-  for key in ("worker_buffer_size", "prefetch", "max_replacements"):
-    if cfg[key] < 1:
-      raise ValueError(f"config.data.{key}={cfg[key]} must be >= 1")
-  return cfg
+  """config.data as a dict, checked (config_check.data): a missing or unknown key, or a bad
+  value, is an error naming the key. Build it with configs/common.py's `data(...)`."""
+  config_check.data(data_cfg)
+  return dict(data_cfg)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,9 +75,6 @@ class TaskSpec:
   batch_size: int                  # this process' rows: global_batch_size / process count
   task_string: str | None
   layouts: dict[str, packing.Layout]  # side -> layout (query, positive[, negative])
-
-
-MIXTURE_KEYS = ("rate", "batch_size", "task_string", "source")
 
 
 def _datasets(cfg: Mapping[str, Any], mixture: Mapping[str, Any],
@@ -156,23 +105,9 @@ def make_tasks(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
   cfg = data_config(data_cfg)
   fcfg = features.FeatureConfig.from_config(model_cfg, truncate=cfg["truncate"])
   mixture = {name: dict(entry) for name, entry in dict(mixture).items()}
-  if not mixture:
-    raise ValueError(f"{where} is empty; give {{task: {{rate, batch_size}}}} entries")
+  config_check.mixture(mixture, where, process_count=shard_count)
   if sources is None:
     sources = _datasets(cfg, mixture, where)
-  for name, entry in mixture.items():
-    unknown = sorted(set(entry) - set(MIXTURE_KEYS))
-    if unknown:
-      raise ValueError(f"{where}.{name} has unknown keys {unknown}; known: {MIXTURE_KEYS}")
-    for key in ("rate", "batch_size"):
-      if key not in entry:
-        raise ValueError(f"{where}.{name}.{key} is missing")
-    if not entry["rate"] > 0:
-      raise ValueError(f"{where}.{name}.rate={entry['rate']} must be > 0 (leave the task out "
-                       "of the mixture instead)")
-    if entry["batch_size"] < 1 or entry["batch_size"] % shard_count:
-      raise ValueError(f"{where}.{name}.batch_size={entry['batch_size']} must be a positive "
-                       f"multiple of the number of processes ({shard_count})")
   total = sum(float(e["rate"]) for e in mixture.values())
   tasks = {}
   for name, entry in mixture.items():
@@ -349,10 +284,7 @@ class BatchMaker:
         name = f"{where} {side}"
         row[side] = packing.pack_inputs([features.featurise_input(parts, self._fcfg, name)],
                                         layout, names=[name])
-      row["query_id"] = (features.key_id(raw["query_key"]) if "query_key" in raw
-                         else features.content_id(raw["query"]))
-      row["positive_id"] = (features.key_id(raw["positive_key"]) if "positive_key" in raw
-                            else features.content_id(raw["positive"]))
+      row["query_id"], row["positive_id"] = features.example_ids(raw)
       return row
     except packing.PackingError as e:
       raise features.BadRecordError(str(e)) from e

@@ -22,7 +22,6 @@ EXAMPLES = {"text_to_image": 4, "image_question_to_answer": 4, "text_to_audio": 
             "video_to_text": 4, "sts": 4}
 DEFAULT_DIR = os.path.join(os.path.dirname(__file__), "example_manifest")
 
-flags.DEFINE_string("output_dir", DEFAULT_DIR, "Where manifest.jsonl and media/ go.")
 
 
 def write(output_dir: str, split: str = "train", seed: int = 0) -> str:
@@ -45,4 +44,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not on import: tests import write() beside other commands' flags.
+  flags.DEFINE_string("output_dir", DEFAULT_DIR, "Where manifest.jsonl and media/ go.")
   app.run(main)

@@ -5,10 +5,21 @@ Ranking metrics take `gains` [Q, K]: the relevance grade of each retrieved item 
 """
 from __future__ import annotations
 
+from typing import Hashable, Sequence
+
 import numpy as np
 
 
 # ----------------------------------------------------------------------------- ranking
+def relevant_by_key(keys: Sequence[Hashable]) -> list[set[int]]:
+  """Query i's relevant corpus items: every j whose key equals keys[i] (the key of query i's own
+  positive), so duplicates of a positive count as found."""
+  by_key: dict[Hashable, set[int]] = {}
+  for j, key in enumerate(keys):
+    by_key.setdefault(key, set()).add(j)
+  return [by_key[key] for key in keys]
+
+
 def recall_at_k(gains: np.ndarray, num_relevant: np.ndarray, k: int, mode: str = "hit") -> float:
   """R@k over queries.
 

@@ -56,14 +56,22 @@ def markdown_table(results: Mapping[str, float], columns: Sequence[str] | None =
     rows.setdefault(row, {})[metric] = value
     seen[metric] = None
   columns = list(columns) if columns is not None else list(seen)
-  lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-  for row, values in rows.items():
-    cells = [_format(values[c]) if c in values else "-" for c in columns]
-    lines.append(f"| {row} | " + " | ".join(cells) + " |")
-  table = "\n".join(lines)
+  table = format_table(["task", *columns],
+                       [[row, *(_format(values[c]) if c in values else "-" for c in columns)]
+                        for row, values in rows.items()])
   if print_fn is not None:
     print_fn(table)
   return table
+
+
+def format_table(header: Sequence[str], rows: Iterable[Sequence[str]],
+                 align_right: bool = False) -> str:
+  """Markdown lines of a table: `header`, then `rows` of cells; `align_right` right-aligns every
+  column after the first (numbers)."""
+  rule = "---:|" if align_right else "---|"
+  lines = ["| " + " | ".join(header) + " |", "|---|" + rule * (len(header) - 1)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
 
 
 def _as_step_records(records: Iterable) -> list[tuple[int, Mapping[str, float]]]:

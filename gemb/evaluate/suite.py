@@ -1,19 +1,36 @@
-"""Runs a named set of evaluators on one embedding function into flat `<suite>/<task>/<metric>` keys."""
+"""Builds the evaluators a config declares; runs them into flat `<dataset>/<name>/<metric>` keys."""
 from __future__ import annotations
 
 import time
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 from absl import logging
 
+from gemb.evaluate import registry
 from gemb.evaluate.embeddings import EmbedFn
+
+
+def build(evals: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any],
+          mrl_dims: Sequence[int] = (), model_cfg=None, world=None) -> dict[str, object]:
+  """Name -> evaluator for every config.evals entry (registry.build's arguments)."""
+  return {name: registry.build(entry, settings, mrl_dims, model_cfg, world)
+          for name, entry in evals.items()}
+
+
+def run(evals: Mapping[str, Mapping[str, Any]], evaluators: Mapping[str, object],
+        embed_fn: EmbedFn) -> dict[str, float]:
+  """Runs `build`'s evaluators: {"<entry's dataset>/<name>/<metric>": float}, in order."""
+  results = {}
+  for name, evaluator in evaluators.items():
+    results.update(run_suite(evals[name]["dataset"], {name: evaluator}, embed_fn))
+  return results
 
 
 def run_suite(suite_name: str, tasks: Mapping[str, object], embed_fn: EmbedFn) -> dict[str, float]:
   """Runs every task's `Evaluator.run(embed_fn)`.
 
   Args:
-    suite_name: first part of every key, e.g. "toy".
+    suite_name: first part of every key, e.g. "toyworld".
     tasks: task name -> evaluator (anything with `run(embed_fn)` yielding (metric, value)).
     embed_fn: inputs (list of lists of parts) -> [N, D] embeddings.
   Returns:

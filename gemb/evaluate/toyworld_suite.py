@@ -1,6 +1,8 @@
 """The ToyWorld evaluation suite: every task type and modality, on held-out attribute combinations.
 
-Built from the eval split, whose scenes all contain a (shape, colour) pair never seen in
+`evals(num_candidates)` returns the suite as config.evals entries (`dict(type=..., dataset=
+"toyworld", task=..., ...)`); `task_data` reads the examples an entry names, for
+gemb/evaluate/registry.py. Every eval-split scene contains a (shape, colour) pair never seen in
 training, so every score measures compositional generalisation. Retrieval tasks score each
 query against `num_candidates` targets; a target is relevant when its identity key equals the
 query's own target's (an identical scene rendered twice is a correct answer either way).
@@ -15,9 +17,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from gemb.datasets import toyworld
 from gemb.data.features import with_task_string
-from gemb.evaluate import registry
+from gemb.datasets import toyworld
+from gemb.evaluate import metrics
 
 RETRIEVAL = ("text_to_image", "image_to_text", "text_to_audio", "audio_to_image", "text_to_video",
              "video_to_text", "code_to_image", "image_question_to_answer")
@@ -32,14 +34,6 @@ def _examples(task: str, split: str, count: int, seed: int, world) -> list[dict]
 def _queries(task: str, examples: list[dict]) -> list[list[dict]]:
   task_string = toyworld.TASKS[task].task_string
   return [with_task_string(ex["query"], task_string) for ex in examples]
-
-
-def _relevant_by_key(keys: list[str]) -> list[set[int]]:
-  """Query i's relevant targets: every j whose key equals target i's key."""
-  by_key: dict[str, set[int]] = {}
-  for j, key in enumerate(keys):
-    by_key.setdefault(key, set()).add(j)
-  return [by_key[key] for key in keys]
 
 
 def distinct_fraction(keys: list[str]) -> float:
@@ -96,98 +90,154 @@ def held_out_shape_probe_data(count: int, seed: int, world) -> tuple[list, list,
   return (*render(fit), *render(test))
 
 
-def build(eval_cfg: Mapping[str, Any], mrl_dims=(), world=None) -> dict[str, Any]:
-  """Task name -> evaluator for `config.eval` (num_candidates, split, seed, batch_size, ...)."""
-  n = int(eval_cfg["num_candidates"])
-  split, seed = eval_cfg.get("split", "eval"), int(eval_cfg.get("seed", 0))
-  common = dict(batch_size=int(eval_cfg.get("batch_size", 128)), mrl_dims=tuple(
-      mrl_dims) if eval_cfg.get("mrl", True) else ())
+def evals(num_candidates: int = 256, split: str = "eval") -> dict[str, dict[str, Any]]:
+  """The ToyWorld suite as config.evals entries: {name: dict(type, dataset, task, ...)}.
+
+  `type` is the evaluator (gemb/evaluate/registry.py); `task` the ToyWorld task whose examples it
+  scores, or a probe's data (attribute_probe, held_out_shape_probe); `num_candidates` examples
+  of `split` each (probes also fit on train-split scenes: module docstring)."""
+  data = dict(dataset="toyworld", split=split, num_candidates=num_candidates)
+  entries = {task: dict(type="retrieval", task=task, bidirectional=task in CROSS_MODAL, **data)
+             for task in RETRIEVAL}
+  entries["text_to_image"]["quantization"] = ("int8", "binary")
+  entries["bitext"] = dict(type="bitext", task="bitext", **data)
+  entries["sts"] = dict(type="sts", task="sts", **data)
+  # The shape of each scene's largest object: a probe fitted on train images, tested on eval
+  # images (mostly a held-out (shape, colour) pair, so it measures transfer to new compositions).
+  entries["classification"] = dict(type="classification", task="classification", **data)
+  # Zero-shot: each eval image against the label words (R@1 is the accuracy).
+  entries["classification_zero_shot"] = dict(type="retrieval", task="classification", ks=(1,),
+                                             **data)
+  entries["clustering"] = dict(type="clustering", task="classification", **data)
+  # An image with its caption (1) or with its hard negative's caption (0).
+  entries["pair_classification"] = dict(type="pair_classification", task="image_to_text", **data)
+  # A caption's candidates: its image, its hard negative and two other images.
+  entries["reranking"] = dict(type="reranking", task="text_to_image", **data)
+  # Which colours appear in an image (scenes hold one or more objects).
+  entries["multilabel"] = dict(type="multilabel", task="classification", **data)
+  for modality in PROBE_MODALITIES:
+    for attribute in PROBE_ATTRIBUTES:
+      entries[f"probe_{modality}_{attribute}"] = dict(
+          type="classification", task="attribute_probe", modality=modality, attribute=attribute,
+          **data)
+  entries["probe_image_shape_held_out"] = dict(type="classification", task="held_out_shape_probe",
+                                               **data)
+  return entries
+
+
+def task_data(type_name: str, options: Mapping[str, Any], *, seed: int, world=None,
+              model_cfg=None) -> dict[str, Any]:
+  """The evaluator arguments of one config.evals entry on ToyWorld (see `evals`): its data,
+  and its options other than task, split and num_candidates (e.g. bidirectional, ks)."""
+  del model_cfg  # ToyWorld examples are raw parts (arrays, texts): nothing to decode
+  options = dict(options)
+  task, split, n = options.pop("task"), options.pop("split"), int(options.pop("num_candidates"))
   world = toyworld.WorldConfig.from_config(world)
-  quantization = ("int8", "binary") if eval_cfg.get("quantized", False) else ()
-  tasks: dict[str, Any] = {}
-  for task in RETRIEVAL:
-    examples = _examples(task, split, n, seed, world)
-    tasks[task] = registry.create(
-        "retrieval", queries=_queries(task, examples), corpus=[ex["positive"] for ex in examples],
-        relevant=_relevant_by_key([ex["positive_key"] for ex in examples]),
-        bidirectional=task in CROSS_MODAL,
-        quantization=quantization if task == "text_to_image" else (), **common)
+  if (type_name, task) in _DATA:
+    builder = _DATA[(type_name, task)]
+  elif type_name == "retrieval" and task in toyworld.TASKS:
+    builder = _retrieval
+  else:
+    raise ValueError(f"no ToyWorld evaluation of type {type_name!r} on task {task!r}; known: "
+                     f"retrieval on {RETRIEVAL}, {sorted(_DATA)}")
+  return {**builder(task, split, n, seed, world, options), **options}
 
-  bitext = _examples("bitext", split, n, seed, world)
-  tasks["bitext"] = registry.create("bitext", source=[ex["query"] for ex in bitext],
-                                    target=[ex["positive"] for ex in bitext], **common)
 
-  sts = _examples("sts", split, n, seed, world)
-  tasks["sts"] = registry.create("sts", inputs_a=[ex["query"] for ex in sts],
-                                 inputs_b=[ex["positive"] for ex in sts],
-                                 scores=[ex["score"] for ex in sts], **common)
+def _retrieval(task, split, n, seed, world, options):
+  examples = _examples(task, split, n, seed, world)
+  return dict(queries=_queries(task, examples), corpus=[ex["positive"] for ex in examples],
+              relevant=metrics.relevant_by_key([ex["positive_key"] for ex in examples]))
 
-  # Classification (the shape of each scene's largest object): a probe fitted on train-split
-  # images, tested on eval images, whose main objects are mostly a held-out (shape, colour) pair.
-  # In train every colour lacks one shape, exactly the one it has in those pairs, so a probe that
-  # reads colour votes against the right answer: this is the transfer of a classifier fitted on
-  # seen compositions (probe_image_shape_held_out below measures the shape alone).
-  train = _examples("classification", "train", n, seed, world)
-  test = _examples("classification", split, n, seed, world)
-  tasks["classification"] = registry.create(
-      "classification", train_inputs=[ex["query"] for ex in train],
-      train_labels=[ex["label"] for ex in train], test_inputs=[ex["query"] for ex in test],
-      test_labels=[ex["label"] for ex in test], **common)
-  # Zero-shot: each eval image against the label words, as the training task pairs them (R@1 is
-  # the accuracy; words of the first configured language).
-  tasks["classification_zero_shot"] = registry.create(
-      "retrieval", queries=_queries("classification", test),
-      corpus=[[{"text": toyworld.answer_word(world.languages[0], "shape", label)}]
-              for label in range(len(toyworld.CLASS_NAMES))],
-      relevant=[{ex["label"]} for ex in test], ks=(1,), **common)
-  tasks["clustering"] = registry.create(
-      "clustering", inputs=[ex["query"] for ex in test], labels=[ex["label"] for ex in test],
-      seed=seed, **common)
 
-  # Pair classification: an image with its caption (1) or with its hard negative's caption (0).
-  pairs = _examples("image_to_text", split, n // 2, seed, world)
-  tasks["pair_classification"] = registry.create(
-      "pair_classification",
-      inputs_a=[ex["query"] for ex in pairs] * 2,
-      inputs_b=[ex["positive"] for ex in pairs] + [ex["negative"] for ex in pairs],
-      labels=[1] * len(pairs) + [0] * len(pairs), **common)
+def _bitext(task, split, n, seed, world, options):
+  examples = _examples(task, split, n, seed, world)
+  return dict(source=[ex["query"] for ex in examples], target=[ex["positive"] for ex in examples])
 
-  # Reranking: a caption's candidates are its image, its hard negative and two other images.
-  rerank = _examples("text_to_image", split, n // 4, seed, world)
+
+def _sts(task, split, n, seed, world, options):
+  examples = _examples(task, split, n, seed, world)
+  return dict(inputs_a=[ex["query"] for ex in examples],
+              inputs_b=[ex["positive"] for ex in examples],
+              scores=[ex["score"] for ex in examples])
+
+
+def _classification(task, split, n, seed, world, options):
+  # In train every colour lacks one shape, exactly the one it has in the held-out pairs, so a
+  # probe that reads colour votes against the right answer (probe_image_shape_held_out measures
+  # the shape alone).
+  train = _examples(task, "train", n, seed, world)
+  test = _examples(task, split, n, seed, world)
+  return dict(train_inputs=[ex["query"] for ex in train],
+              train_labels=[ex["label"] for ex in train],
+              test_inputs=[ex["query"] for ex in test], test_labels=[ex["label"] for ex in test])
+
+
+def _zero_shot(task, split, n, seed, world, options):
+  # Label words of the first configured language, as the training task pairs them.
+  test = _examples(task, split, n, seed, world)
+  return dict(queries=_queries(task, test),
+              corpus=[[{"text": toyworld.answer_word(world.languages[0], "shape", label)}]
+                      for label in range(len(toyworld.CLASS_NAMES))],
+              relevant=[{ex["label"]} for ex in test])
+
+
+def _clustering(task, split, n, seed, world, options):
+  test = _examples(task, split, n, seed, world)
+  return dict(inputs=[ex["query"] for ex in test], labels=[ex["label"] for ex in test], seed=seed)
+
+
+def _pair_classification(task, split, n, seed, world, options):
+  pairs = _examples(task, split, n // 2, seed, world)
+  return dict(inputs_a=[ex["query"] for ex in pairs] * 2,
+              inputs_b=[ex["positive"] for ex in pairs] + [ex["negative"] for ex in pairs],
+              labels=[1] * len(pairs) + [0] * len(pairs))
+
+
+def _reranking(task, split, n, seed, world, options):
+  rerank = _examples(task, split, n // 4, seed, world)
   candidates, labels = [], []
   for i, ex in enumerate(rerank):
     others = [rerank[(i + k) % len(rerank)]["positive"] for k in (1, 2)]
     candidates.append([ex["positive"], ex["negative"], *others])
     labels.append([1, 0, 0, 0])
-  tasks["reranking"] = registry.create(
-      "reranking", queries=_queries("text_to_image", rerank), candidates=candidates,
-      labels=labels, **common)
+  return dict(queries=_queries(task, rerank), candidates=candidates, labels=labels)
 
-  # Multilabel: which colours appear in an image (scenes hold one or more objects).
-  scenes_train = [toyworld.example_scenes("classification", "train", i, seed, world)["query"]
+
+def _multilabel(task, split, n, seed, world, options):
+  data = _classification(task, split, n, seed, world, options)
+  scenes_train = [toyworld.example_scenes(task, "train", i, seed, world)["query"]
                   for i in range(n)]
-  scenes_test = [toyworld.example_scenes("classification", split, i, seed, world)["query"]
-                 for i in range(n)]
-  tasks["multilabel"] = registry.create(
-      "multilabel", train_inputs=[ex["query"] for ex in train],
-      train_labels=[sorted({obj.colour for obj in scene}) for scene in scenes_train],
-      test_inputs=[ex["query"] for ex in test],
-      test_labels=[sorted({obj.colour for obj in scene}) for scene in scenes_test],
-      num_labels=len(toyworld.COLOURS), **common)
+  scenes_test = [toyworld.example_scenes(task, split, i, seed, world)["query"] for i in range(n)]
+  data["train_labels"] = [sorted({obj.colour for obj in scene}) for scene in scenes_train]
+  data["test_labels"] = [sorted({obj.colour for obj in scene}) for scene in scenes_test]
+  return dict(data, num_labels=len(toyworld.COLOURS))
 
-  # Attribute probes: what an image or a sound embedding encodes of one object's shape, colour
-  # and size (a sound's pitch, timbre and pulse rate), fitted on half of `num_candidates`
-  # single-object train scenes and tested on the other half: no held-out composition, so they
-  # tell a missing attribute from a failure to generalise (the classification probe above).
-  for modality in PROBE_MODALITIES:
-    inputs, labels = attribute_probe_data(modality, n, seed, world)
-    half = n // 2
-    for attribute in PROBE_ATTRIBUTES:
-      tasks[f"probe_{modality}_{attribute}"] = registry.create(
-          "classification", train_inputs=inputs[:half], train_labels=labels[attribute][:half],
-          test_inputs=inputs[half:], test_labels=labels[attribute][half:], **common)
+
+def _attribute_probe(task, split, n, seed, world, options):
+  # Fitted on half of n single-object train scenes and tested on the other half: no held-out
+  # composition, so it tells a missing attribute from a failure to generalise.
+  modality, attribute = options.pop("modality"), options.pop("attribute")
+  inputs, labels = attribute_probe_data(modality, n, seed, world)
+  half = n // 2
+  return dict(train_inputs=inputs[:half], train_labels=labels[attribute][:half],
+              test_inputs=inputs[half:], test_labels=labels[attribute][half:])
+
+
+def _held_out_shape_probe(task, split, n, seed, world, options):
   fit_inputs, fit_labels, test_inputs, test_labels = held_out_shape_probe_data(n, seed, world)
-  tasks["probe_image_shape_held_out"] = registry.create(
-      "classification", train_inputs=fit_inputs, train_labels=fit_labels,
-      test_inputs=test_inputs, test_labels=test_labels, **common)
-  return tasks
+  return dict(train_inputs=fit_inputs, train_labels=fit_labels, test_inputs=test_inputs,
+              test_labels=test_labels)
+
+
+_DATA = {  # (evaluator type, task) -> the evaluator's data
+    ("bitext", "bitext"): _bitext,
+    ("sts", "sts"): _sts,
+    ("classification", "classification"): _classification,
+    ("retrieval", "classification"): _zero_shot,
+    ("clustering", "classification"): _clustering,
+    ("pair_classification", "image_to_text"): _pair_classification,
+    ("reranking", "text_to_image"): _reranking,
+    ("multilabel", "classification"): _multilabel,
+    ("classification", "attribute_probe"): _attribute_probe,
+    ("classification", "held_out_shape_probe"): _held_out_shape_probe,
+}

@@ -10,8 +10,8 @@ serialization serves any batch and any number of parts; the buffers of one part 
 at the config limits (max_text_tokens, max_image_size, ...), exactly as the training layouts
 pad them. Parameters are an argument, saved once in weights.npz.
 
-Settings come from `config.export` when present, over DEFAULTS (serving-side limits that the
-model config does not hold).
+Settings come from `config.export` (serving-side limits that the model config does not hold;
+configs/common.py's `export()` has every key and its default).
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ from absl import logging
 from flax import nnx
 from jax import export as jax_export
 
+from gemb import sharding
 from gemb.data import audio as audio_lib
 from gemb.data import features
 from gemb.data import tokenizer as tokenizer_lib
@@ -43,30 +44,16 @@ from gemb.model import inputs as model_inputs
 from gemb.model.encoder import Encoder
 from gemb.serve import bundle as serve_bundle
 from gemb.train import checkpoints
+from gemb.train import config_check
 
-DEFAULTS = dict(
-    # Modality sets to export, e.g. [["text"], ["image"], ["image", "text"]]; None: every
-    # non-empty set whose input of one part per modality fits config.model.max_seq_len.
-    modality_sets=None,
-    platforms=("cpu", "cuda", "tpu"),  # jax.export lowers for each; the loader picks its own
-    max_batch=32,               # inputs per exported-function call in the service
-    batch_timeout_ms=0.0,       # how long a batch waits for more requests; 0: it takes what
-                                # queued while the previous batch ran (no added latency)
-    max_inputs_per_request=64,
-    max_request_bytes=16 * 2**20,
-    max_image_pixels=4096 * 4096,  # raw pixels of an image or video frame, before resizing
-)
 SLOT_DIMS = {"text": "text_parts", "image": "image_parts", "audio": "audio_parts",
              "video": "video_parts"}
 
 
 def export_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """DEFAULTS overridden by `config.export` (unknown keys are an error)."""
-  given = dict(config.get("export", None) or {})
-  unknown = sorted(set(given) - set(DEFAULTS))
-  if unknown:
-    raise ValueError(f"config.export has unknown keys {unknown}; known: {sorted(DEFAULTS)}")
-  return {**DEFAULTS, **given}
+  """`config.export` as a dict, checked: a missing or unknown key is an error naming it."""
+  config_check.export(config.get("export"))
+  return dict(config.export)
 
 
 def tokens_per_part(model_cfg) -> dict[str, int]:
@@ -191,17 +178,17 @@ def _prepare_dir(export_dir: str) -> None:
 
 
 def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, export_dir: str,
-                  settings: Mapping[str, Any] | None = None, source: str = "") -> dict[str, Any]:
+                  settings: Mapping[str, Any], source: str = "") -> dict[str, Any]:
   """Writes the bundle of an encoder built from `model_cfg` with `params`; returns its manifest.
 
   Args:
     model_cfg: config.model.
     params: the encoder's nnx.State of Params (as in a checkpoint's `params` item).
     export_dir: the bundle folder (created; an earlier bundle there is replaced).
-    settings: export settings (see DEFAULTS); default DEFAULTS.
+    settings: the export settings (config.export, every key of configs/common.py's export()).
     source: where the params came from, recorded in the manifest.
   """
-  settings = {**DEFAULTS, **(settings or {})}
+  config_check.export(settings, "export settings")
   start = time.perf_counter()
   weights = _flat_params(params)
   embed = jax.jit(embed_function(model_cfg, list(weights)))
@@ -278,12 +265,8 @@ def export(config: ml_collections.ConfigDict, workdir: str, checkpoint_ref: str 
   path = checkpoints.resolve(reference, workdir)
   if jax.process_index() != 0:  # multi-host: one process writes the bundle
     return export_dir
-  _, abstract_params, _ = nnx.split(
-      nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(0))), nnx.Param, ...)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract_params = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
-  params = checkpoints.load_params(path, abstract_params)
+  one_device = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+  _, params, _ = checkpoints.load_encoder(config.model, one_device, path)
   export_params(config.model, params, export_dir, export_settings(config), source=path)
   print(f"exported {path} -> {os.path.abspath(export_dir)}", flush=True)
   return export_dir

@@ -2,17 +2,24 @@
 
 Layout: WORKDIR/<stage>/checkpoints/<step>/{params, train, data}. Orbax writes each step to a temporary
 folder and renames it when complete, so a run killed at any moment (kill -9) leaves only whole
-checkpoints, and `latest_step` never sees a partial one.
+checkpoints, and `latest_step` never sees a partial one. `load_encoder` is the one way to get an
+encoder on a mesh: a random init, or a checkpoint's params restored straight into their shardings.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
+
+from gemb import sharding
+from gemb.model.encoder import Encoder
 
 
 def stage_dir(workdir: str, stage: str) -> str:
@@ -95,12 +102,39 @@ def resolve(reference: str, workdir: str) -> str:
   return os.path.join(directory, str(steps[-1]))
 
 
-def load_params(path: str, abstract_params: Any) -> Any:
-  """Loads the encoder params of one step's checkpoint folder into `abstract_params`' shardings."""
+@functools.lru_cache(maxsize=None)
+def _encoder_on_mesh(model_cfg: ml_collections.FrozenConfigDict, mesh):
+  """(graphdef, abstract (params, rest) with their shardings, init(key) -> sharded (params, rest)):
+  one compilation of the initialiser per architecture and mesh, whatever the seed."""
+  make = lambda key: Encoder(model_cfg, rngs=nnx.Rngs(key))
+  graphdef, *abstract = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))), nnx.Param, ...)
+  shardings = sharding.param_shardings(tuple(abstract), mesh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          tuple(abstract), shardings)
+  init = jax.jit(lambda key: tuple(nnx.split(make(key), nnx.Param, ...)[1:]),
+                 out_shardings=shardings)
+  return graphdef, abstract, init
+
+
+def load_encoder(model_cfg, mesh, path: str | None = None, seed: int = 0) -> tuple[Any, Any, Any]:
+  """(graphdef, encoder params, rest) of an encoder built from `model_cfg`, sharded on `mesh`.
+
+  path=None: a random init born sharded, the parameters of `Encoder(model_cfg,
+  rngs=nnx.Rngs(seed))`. Otherwise the params of the checkpoint step folder `path`, restored
+  from abstract shapes straight into their shardings: no random init is computed.
+  """
+  graphdef, (abstract_params, abstract_rest), init = _encoder_on_mesh(
+      ml_collections.FrozenConfigDict(model_cfg), mesh)
+  if path is None:
+    params, rest = init(jax.random.key(seed))
+    return graphdef, params, rest
+  if jax.tree.leaves(abstract_rest):
+    raise ValueError("a checkpoint holds only the encoder's nnx.Params; this config.model's "
+                     "Encoder has other variables, which load_encoder cannot restore")
   item = os.path.join(path, "params")
   if not os.path.isdir(item):
     raise FileNotFoundError(f"{path} is not a gemb checkpoint step folder (no 'params' item)")
-  return ocp.StandardCheckpointer().restore(item, abstract_params)
+  return graphdef, ocp.StandardCheckpointer().restore(item, abstract_params), abstract_rest
 
 
 def average_params(params: Sequence[Any], weights: Sequence[float] | None = None) -> Any:

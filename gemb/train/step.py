@@ -1,4 +1,8 @@
-"""One training step: embed every side of a batch, the contrastive loss over the global batch, AdamW.
+"""One training step: embed every side of a batch, the loss over the global batch, AdamW.
+
+The loss is the config's contrastive loss, or, in a distillation stage, the student's
+distillation objective against teacher embeddings that the batch carries
+(`teacher_query`, `teacher_positive` [B, D_T], joined by example id; gemb/train/teachers.py).
 
 The train state is a plain dict pytree:
   params     {"encoder": nnx.State of the encoder's Params, "log_temperature": [], "bias": []}
@@ -19,6 +23,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from gemb import losses
+from gemb.model.encoder import mrl_prefixes
 
 
 def temperature(params: dict, loss_cfg: ConfigDict) -> jax.Array:
@@ -30,11 +35,16 @@ def temperature(params: dict, loss_cfg: ConfigDict) -> jax.Array:
   return jnp.asarray(loss_cfg.temperature, jnp.float32)
 
 
-def make_loss(loss_cfg: ConfigDict, mrl_dims, mesh: jax.sharding.Mesh) -> Callable:
-  """The config's loss at every MRL prefix, over global arrays sharded on `mesh`.
+def make_loss(loss_cfg: ConfigDict, mrl_dims, mesh: jax.sharding.Mesh,
+              distill: ConfigDict | None = None) -> Callable:
+  """The config's loss at every MRL prefix, over global arrays sharded on `mesh`; with a
+  distillation stage's `distill` block, the distillation objective (`make_distill_loss`).
 
-  Returns f(params, query, positive, negative, query_ids, positive_ids) -> [] float32.
+  Returns f(params, query, positive, negative, batch, settings) -> (loss [] float32, terms):
+  `batch` supplies the labels (query_id, positive_id [B]) and `settings` is `loss_settings`'s.
   """
+  if distill is not None:
+    return make_distill_loss(loss_cfg, mrl_dims, mesh)
   block_size = loss_cfg.block_size or None
   if loss_cfg.type == "nce":
     core = functools.partial(losses.masked_nce_loss, symmetric=loss_cfg.symmetric,
@@ -46,12 +56,52 @@ def make_loss(loss_cfg: ConfigDict, mrl_dims, mesh: jax.sharding.Mesh) -> Callab
       functools.partial(losses.mrl_loss, core, mrl_dims=tuple(mrl_dims),
                         mrl_weights=tuple(weights)), mesh)
 
-  def loss(params, query, positive, negative, query_ids, positive_ids):
+  def loss(params, query, positive, negative, batch, settings):
+    del settings  # none: the contrastive losses' settings are constants of the step
     extra = {"bias": params["bias"]} if loss_cfg.type == "siglip" else {}
     return global_loss(query, positive, negative, temperature=temperature(params, loss_cfg),
-                       query_ids=query_ids, positive_ids=positive_ids, **extra)
+                       query_ids=batch["query_id"], positive_ids=batch["positive_id"],
+                       **extra), {}
 
   return loss
+
+
+def make_distill_loss(loss_cfg: ConfigDict, mrl_dims, mesh: jax.sharding.Mesh) -> Callable:
+  """The distillation objective sum_term weights[term] * term (gemb.losses.distillation_terms)
+  over the batch's teacher embeddings; f as `make_loss`'s, its terms {"kl", "l2", "contrastive"}.
+  """
+  weights = tuple(loss_cfg.mrl_weights or [1.0 / len(mrl_dims)] * len(mrl_dims))
+
+  def local_terms(query, positive, *rest, axis_name):
+    return losses.distillation_terms(
+        mrl_prefixes(query, mrl_dims), mrl_prefixes(positive, mrl_dims), *rest,
+        mrl_weights=weights, symmetric=loss_cfg.symmetric, axis_name=axis_name)
+
+  terms_fn = losses.sharded_loss(local_terms, mesh)
+
+  def loss(params, query, positive, negative, batch, settings):
+    del params, negative  # a student has no loss parameters and sees no hard negatives
+    terms = terms_fn(query, positive, batch["teacher_query"], batch["teacher_positive"],
+                     batch["query_id"], batch["positive_id"], settings["teacher_temperature"],
+                     settings["student_temperature"], settings["contrastive_temperature"])
+    total = sum(settings["weights"][name] * terms[name] for name in losses.DISTILLATION_TERMS)
+    return total, terms
+
+  return loss
+
+
+def loss_settings(loss_cfg: ConfigDict, distill: ConfigDict | None = None) -> dict:
+  """The loss's settings passed to the jitted step as float32 arrays, not baked into it, so that
+  distillation stages that differ only in them (a KL and an L2 student) share one compiled step.
+  {} for the contrastive losses."""
+  if distill is None:
+    return {}
+  as_array = lambda x: jnp.asarray(float(x), jnp.float32)
+  return {"weights": {name: as_array(distill.weights.get(name, 0.0))
+                      for name in losses.DISTILLATION_TERMS},
+          "teacher_temperature": as_array(distill.teacher_temperature),
+          "student_temperature": as_array(distill.student_temperature),
+          "contrastive_temperature": as_array(loss_cfg.temperature)}
 
 
 SIDES = ("query", "positive", "negative")
@@ -76,8 +126,8 @@ def embed_sides(graphdef, encoder_params, rest, batch: dict, deterministic: bool
                           keys.get(name)) if name in batch else None for name in SIDES)
 
 
-def _finish(state, grads, loss, tx, schedule, loss_cfg, accumulate_steps):
-  """The optimizer update and the step's metrics."""
+def _finish(state, grads, loss, terms, tx, schedule, loss_cfg, accumulate_steps):
+  """The optimizer update and the step's metrics (the loss's terms among them)."""
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics = {
@@ -85,31 +135,33 @@ def _finish(state, grads, loss, tx, schedule, loss_cfg, accumulate_steps):
       "temperature": temperature(state["params"], loss_cfg),
       "lr": schedule(state["step"] // accumulate_steps),
       "grad_norm": optax.global_norm(grads),
+      **terms,
   }
   new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}
   return new_state, metrics
 
 
-def train_step(state: dict, batch: dict, *, graphdef, loss_fn: Callable,
+def train_step(state: dict, batch: dict, settings: dict, *, graphdef, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                loss_cfg: ConfigDict, accumulate_steps: int = 1) -> tuple[dict, dict]:
-  """One optimizer (micro-)step on a batch dict of sides + query_id / positive_id, fused into
-  one program (jit it with the state donated): the fastest step on accelerators."""
+  """One optimizer (micro-)step on a batch dict of sides + query_id / positive_id (+ teacher
+  embeddings), fused into one program (jit it with the state donated): the fastest step on
+  accelerators. `settings`: the loss's (`loss_settings`)."""
 
   keys = {name: dropout_key(state, name) for name in SIDES}
 
   def objective(params):
     query, positive, negative = embed_sides(graphdef, params["encoder"], state["rest"], batch,
                                             deterministic=False, keys=keys)
-    return loss_fn(params, query, positive, negative, batch["query_id"], batch["positive_id"])
+    return loss_fn(params, query, positive, negative, batch, settings)
 
-  loss, grads = jax.value_and_grad(objective)(state["params"])
-  return _finish(state, grads, loss, tx, schedule, loss_cfg, accumulate_steps)
+  (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+  return _finish(state, grads, loss, terms, tx, schedule, loss_cfg, accumulate_steps)
 
 
 def make_per_side_step(*, graphdef, loss_fn: Callable, tx: optax.GradientTransformation,
                        schedule: optax.Schedule, loss_cfg: ConfigDict, accumulate_steps: int,
-                       state_shardings) -> Callable:
+                       state_shardings, settings: dict) -> Callable:
   """The same step as `train_step`, as a few small programs compiled per *side* layout.
 
   A fused step compiles once per task (its query, positive and negative layouts together); a
@@ -133,18 +185,17 @@ def make_per_side_step(*, graphdef, loss_fn: Callable, tx: optax.GradientTransfo
     return vjp(cotangent)[0]
 
   @jax.jit
-  def loss_and_grads(params, query, positive, negative, query_ids, positive_ids):
+  def loss_and_grads(params, query, positive, negative, targets, settings):
     loss_params = {k: v for k, v in params.items() if k != "encoder"}
-    objective = lambda lp, q, p, n: loss_fn({**lp, "encoder": None}, q, p, n, query_ids,
-                                            positive_ids)
-    return jax.value_and_grad(objective, argnums=(0, 1, 2, 3))(loss_params, query, positive,
-                                                               negative)
+    objective = lambda lp, q, p, n: loss_fn({**lp, "encoder": None}, q, p, n, targets, settings)
+    return jax.value_and_grad(objective, argnums=(0, 1, 2, 3), has_aux=True)(
+        loss_params, query, positive, negative)
 
   @functools.partial(jax.jit, donate_argnums=0, out_shardings=(state_shardings, None))
-  def update(state, side_encoder_grads, loss_param_grads, loss):
+  def update(state, side_encoder_grads, loss_param_grads, loss, terms):
     encoder_grads = jax.tree.map(lambda *g: sum(g), *side_encoder_grads)
     grads = {"encoder": encoder_grads, **loss_param_grads}
-    return _finish(state, grads, loss, tx, schedule, loss_cfg, accumulate_steps)
+    return _finish(state, grads, loss, terms, tx, schedule, loss_cfg, accumulate_steps)
 
   side_keys = jax.jit(lambda state: {name: dropout_key(state, name) for name in SIDES})
 
@@ -154,11 +205,12 @@ def make_per_side_step(*, graphdef, loss_fn: Callable, tx: optax.GradientTransfo
     embeddings, vjps = {}, {}
     for name in names:
       embeddings[name], vjps[name] = forward(params["encoder"], rest, batch[name], keys[name])
-    loss, (loss_param_grads, *side_grads) = loss_and_grads(
-        params, embeddings["query"], embeddings["positive"], embeddings.get("negative"),
-        batch["query_id"], batch["positive_id"])
+    targets = {key: value for key, value in batch.items() if key not in SIDES}
+    (loss, terms), (loss_param_grads, *side_grads) = loss_and_grads(
+        params, embeddings["query"], embeddings["positive"], embeddings.get("negative"), targets,
+        settings)
     encoder_grads = [backward(vjps[name], cotangent)
                      for name, cotangent in zip(SIDES, side_grads) if name in batch]
-    return update(state, encoder_grads, loss_param_grads, loss)
+    return update(state, encoder_grads, loss_param_grads, loss, terms)
 
   return step

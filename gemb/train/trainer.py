@@ -3,7 +3,10 @@
 Resume order for a training stage (big_vision's): its own latest checkpoint in the workdir (an
 interrupted run continues on exactly the next batch), else its `init`: 'random', 'previous'
 (the last checkpoint of the stage before), or a checkpoint reference ('stage', 'stage:step',
-or a path, also from another run). A soup stage averages the parameters of its ingredients.
+or a path, also from another run). A distillation stage (type 'distill') is a training stage
+whose batches carry each task's teacher embeddings of the same examples (its `distill.teachers`,
+gemb/train/teachers.py) and whose loss is the distillation objective of `distill`. A soup stage
+averages the parameters of its ingredients.
 """
 from __future__ import annotations
 
@@ -14,14 +17,13 @@ import time
 import jax
 import jax.numpy as jnp
 from absl import logging
-from flax import nnx
 from ml_collections import ConfigDict
 
-from gemb import sharding
+from gemb import losses, sharding
 from gemb.runtime import allocator
-from gemb.model.encoder import Encoder
 from gemb.model.flops import encoder_flops
 from gemb.train import checkpoints, config_check, evaluation, metrics as metrics_lib, optim, step
+from gemb.train import teachers as teachers_lib
 from gemb.data import pipeline
 from gemb.evaluate import report
 
@@ -36,25 +38,16 @@ def stage_config(config: ConfigDict, name: str) -> tuple[ConfigDict, ConfigDict]
   return optim_cfg, loss_cfg
 
 
-def abstract_model(config: ConfigDict):
-  """(graphdef, abstract params, abstract rest) of the encoder, nothing allocated."""
-  model = nnx.eval_shape(lambda: Encoder(config.model, rngs=nnx.Rngs(config.seed)))
-  return nnx.split(model, nnx.Param, ...)
-
-
-def init_params(config: ConfigDict, loss_cfg: ConfigDict, mesh) -> tuple:
-  """Random encoder params and rest, born sharded, plus the loss's own parameters."""
-  model = sharding.create_sharded(
-      lambda: Encoder(config.model, rngs=nnx.Rngs(config.seed)), mesh)
-  graphdef, encoder_params, rest = nnx.split(model, nnx.Param, ...)
-  params = {"encoder": encoder_params}
+def loss_params(loss_cfg: ConfigDict, mesh) -> dict:
+  """The loss's own parameters, replicated on `mesh`: a learned log-temperature, a SigLIP bias."""
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = {}
   if loss_cfg.learn_temperature:
     params["log_temperature"] = jax.device_put(
         jnp.log(jnp.asarray(loss_cfg.temperature, jnp.float32)), replicated)
   if loss_cfg.type == "siglip":
     params["bias"] = jax.device_put(jnp.asarray(loss_cfg.siglip_bias, jnp.float32), replicated)
-  return graphdef, params, rest
+  return params
 
 
 def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_flops: float,
@@ -62,28 +55,25 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
   """Trains (or resumes) one stage; returns the path of its last checkpoint."""
   stage = config.stages[name]
   total_steps = int(stage.steps)
-  graphdef, state, train_step = init_train_state(config, name, mesh)
-
   manager = checkpoints.make_manager(checkpoints.stage_dir(workdir, name),
                                      every=config.checkpoint.every, keep=config.checkpoint.keep,
                                      async_save=config.checkpoint.async_save)
-  data = pipeline.train_iterator(config, name)
   start = manager.latest_step()
+  if start is not None and start >= total_steps:
+    manager.close()
+    return os.path.join(checkpoints.stage_dir(workdir, name), str(start))
+  source = None  # where the encoder starts: a random init, or a checkpoint restored into it
+  if start is None and stage.get("init", "random") != "random":
+    source = previous if stage.init == "previous" else checkpoints.resolve(stage.init, workdir)
+    logging.info("stage %s: starting from %s", name, source)
+  graphdef, state, train_step = init_train_state(config, name, mesh, source)
+  teachers = teachers_lib.from_config(stage.distill.teachers, mesh) if "distill" in stage else {}
+  data = pipeline.train_iterator(config, name)
   if start is not None:
     state, data_state = checkpoints.restore(manager, start, sharding.abstract_like(state))
     data.set_state(data_state)
     logging.info("stage %s: resuming at step %d", name, start)
-    if start >= total_steps:
-      manager.close()
-      return os.path.join(checkpoints.stage_dir(workdir, name), str(start))
-  else:
-    start = 0
-    init = stage.get("init", "random")
-    if init != "random":
-      source = previous if init == "previous" else checkpoints.resolve(init, workdir)
-      state["params"]["encoder"] = _load_encoder(source, state["params"])
-      logging.info("stage %s: starting from %s", name, source)
-
+  start = start or 0
 
   is_main = jax.process_index() == 0
   window = metrics_lib.StepWindow("task")
@@ -91,6 +81,9 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
   for current in range(start, total_steps):
     task, host_batch = next(data)
     batch = sharding.shard_batch(host_batch, mesh)
+    if teachers:  # the task's teacher embeddings of the batch's examples, by example id
+      batch["teacher_query"], batch["teacher_positive"] = teachers[task].batch_embeddings(
+          host_batch, batch)
     with jax.set_mesh(mesh):  # activations are constrained by logical names inside the model
       state, step_metrics = train_step(state, batch)
     done = current + 1
@@ -108,7 +101,8 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
       values.update({f"data/{k}": v for k, v in data.metrics().items()})
       writer.write(done, values, stage=name)
       if is_main:
-        print(metrics_lib.progress_line(name, done, total_steps, values), flush=True)
+        terms = "".join(f" {k}={values[k]:.4g}" for k in losses.DISTILLATION_TERMS if k in values)
+        print(metrics_lib.progress_line(name, done, total_steps, values) + terms, flush=True)
       window_start, window_examples, window_flops = time.perf_counter(), 0, 0.0
     every = stage.get("eval_every", 0)
     if every and done % every == 0 and done != total_steps:
@@ -116,51 +110,55 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
                      name=f"{name}_step{done}", step=done, writer=writer, stage=name)
   manager.wait_until_finished()
   manager.close()
+  data.close()
   return os.path.join(checkpoints.stage_dir(workdir, name), str(total_steps))
 
 
-def init_train_state(config: ConfigDict, name: str, mesh):
-  """(graphdef, random-init train state placed on `mesh`, step function) of training stage `name`.
+def init_train_state(config: ConfigDict, name: str, mesh, encoder_path: str | None = None):
+  """(graphdef, initial train state placed on `mesh`, step function) of training stage `name`.
 
-  The state is {"params", "rest", "opt_state", "step", "rng"} (see gemb/train/step.py); the step
-  function maps (state, global batch) -> (state, metrics) and donates the state.
+  The encoder is a random init, or the checkpoint `encoder_path` loaded into it. The state is
+  {"params", "rest", "opt_state", "step", "rng"} (see gemb/train/step.py); the step function
+  maps (state, global batch) -> (state, metrics) and donates the state.
   """
   stage = config.stages[name]
   optim_cfg, loss_cfg = stage_config(config, name)
   tx, schedule = optim.make_optimizer(optim_cfg, int(stage.steps) // optim_cfg.accumulate_steps)
-  graphdef, params, rest = init_params(config, loss_cfg, mesh)
+  graphdef, encoder, rest = checkpoints.load_encoder(config.model, mesh, encoder_path,
+                                                     seed=config.seed)
+  params = {"encoder": encoder, **loss_params(loss_cfg, mesh)}
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
            "step": jnp.zeros((), jnp.int32),
            "rng": jax.random.PRNGKey(stage.get("seed", config.seed))}
   state_shardings = jax.tree.map(lambda x: sharding.sharding_on(x, mesh), state)
   state = jax.device_put(state, state_shardings)
   train_step = make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh,
-                               state_shardings)
+                               state_shardings, stage.get("distill"))
   return graphdef, state, train_step
 
 
-def make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh, state_shardings):
-  """step(state, batch) -> (state, metrics): fused into one program or compiled per side."""
-  kwargs = dict(graphdef=graphdef, loss_fn=step.make_loss(loss_cfg, config.model.mrl_dims, mesh),
-                tx=tx, schedule=schedule, loss_cfg=loss_cfg,
+def make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh, state_shardings,
+                    distill=None):
+  """step(state, batch) -> (state, metrics): fused into one program or compiled per side; the
+  distillation objective of a distillation stage's `distill` block."""
+  loss_fn = step.make_loss(loss_cfg, config.model.mrl_dims, mesh, distill)
+  settings = step.loss_settings(loss_cfg, distill)
+  kwargs = dict(graphdef=graphdef, loss_fn=loss_fn, tx=tx, schedule=schedule, loss_cfg=loss_cfg,
                 accumulate_steps=optim_cfg.accumulate_steps)
   if config.fused_step:
-    return jax.jit(functools.partial(step.train_step, **kwargs), donate_argnums=0,
-                   out_shardings=(state_shardings, None))
-  return step.make_per_side_step(state_shardings=state_shardings, **kwargs)
-
-
-def _load_encoder(path: str, params: dict):
-  """The encoder params of checkpoint `path`, placed like `params['encoder']`."""
-  return checkpoints.load_params(path, sharding.abstract_like(params["encoder"]))
+    fused = jax.jit(functools.partial(step.train_step, **kwargs), donate_argnums=0,
+                    out_shardings=(state_shardings, None))
+    return lambda state, batch: fused(state, batch, settings)
+  return step.make_per_side_step(state_shardings=state_shardings, settings=settings, **kwargs)
 
 
 def soup_stage(config: ConfigDict, workdir: str, name: str, mesh, writer) -> str:
   """Averages the ingredients' encoder params, evaluates each ingredient and the soup, saves it."""
   stage = config.stages[name]
-  graphdef, params, rest = init_params(config, config.loss, mesh)
   paths = [checkpoints.resolve(ref, workdir) for ref in stage.ingredients]
-  ingredients = [_load_encoder(path, params) for path in paths]
+  loaded = [checkpoints.load_encoder(config.model, mesh, path) for path in paths]
+  graphdef, _, rest = loaded[0]
+  ingredients = [encoder for _, encoder, _ in loaded]
   soup = checkpoints.average_params(ingredients, stage.get("weights"))
   for ref, path, encoder in zip(stage.ingredients, paths, ingredients):
     evaluation.run(config, workdir, graphdef, encoder, rest, mesh,
@@ -224,8 +222,10 @@ def plot_run(config: ConfigDict, workdir: str, final: dict) -> None:
 
 
 def evaluate_path(config, workdir, path, mesh, writer=None, name="final") -> dict:
-  graphdef, params, rest = init_params(config, config.loss, mesh)
-  encoder = _load_encoder(path, params)
+  """Evaluates checkpoint `path` with config.evals (nothing is loaded without evaluators)."""
+  if not config.evals:
+    return {}
+  graphdef, encoder, rest = checkpoints.load_encoder(config.model, mesh, path)
   return evaluation.run(config, workdir, graphdef, encoder, rest, mesh, name=name, writer=writer,
                         stage="eval", checkpoint=path)
 

@@ -1,8 +1,7 @@
 """Distilling domain specialists into one universal embedding model (see gemb/proj/distill/run.py).
 
-  teachers.py    specialist embeddings of a batch: a frozen gemb encoder, or a precomputed table
-  step.py        the distillation objective (KL / L2 of in-batch similarities, + contrastive)
-  train.py       the student's resumable training loop
+  run.py         the experiment end to end: specialists, fused baseline and students, each
+                 trained by gemb.train.trainer (a student's stage is a distillation stage, its
+                 teachers in gemb/train/teachers.py), then the report
   evaluation.py  per-domain retrieval of every model
-  run.py         the experiment end to end and its report
 """

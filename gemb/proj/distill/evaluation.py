@@ -16,8 +16,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from gemb.data import features, pipeline
-from gemb.proj.distill.teachers import example_ids
-from gemb.evaluate import retrieval, search
+from gemb.evaluate import metrics as metrics_lib, retrieval, search
 
 # embed(inputs, ids) -> [N, D]: a model embeds raw inputs; a precomputed table looks up ids.
 Embed = Callable[[list, np.ndarray], np.ndarray]
@@ -55,13 +54,6 @@ def uses_task_strings(data_cfg: Mapping) -> bool:
   return float(pipeline.data_config(data_cfg)["task_string_dropout"]) < 1.0
 
 
-def _relevance_by_key(keys: Sequence) -> list[dict[int, float]]:
-  by_key: dict = {}
-  for j, key in enumerate(keys):
-    by_key.setdefault(key, {})[j] = 1.0
-  return [by_key[key] for key in keys]
-
-
 def build(config, domains: Mapping[str, Mapping]) -> dict[str, DomainEval]:
   """Domain name -> DomainEval for config.eval (split, num_candidates, manifest)."""
   count = int(config.eval.num_candidates)
@@ -81,12 +73,13 @@ def build(config, domains: Mapping[str, Mapping]) -> dict[str, DomainEval]:
   out = {}
   for name, task in tasks.items():
     examples = [task.source[i] for i in range(min(count, len(task.source)))]
-    ids = np.array([example_ids(raw) for raw in examples], np.int64)  # [Q, 2]
+    ids = np.array([features.example_ids(raw) for raw in examples], np.int64)  # [Q, 2]
     queries = [raw["query"] for raw in examples]
     if task_strings and task.task_string:
       queries = [features.with_task_string(parts, task.task_string) for parts in queries]
     keys = [raw.get("positive_key", int(ids[i, 1])) for i, raw in enumerate(examples)]
     out[name] = DomainEval(name=name, queries=queries, corpus=[raw["positive"] for raw in examples],
                            query_ids=ids[:, 0], corpus_ids=ids[:, 1],
-                           relevance=_relevance_by_key(keys))
+                           relevance=retrieval.as_relevance(metrics_lib.relevant_by_key(keys),
+                                                            len(keys), len(keys)))
   return out

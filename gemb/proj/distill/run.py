@@ -5,11 +5,12 @@
   1. Specialists: one per domain (config.specialists[domain]): a gemb training run on that
      domain alone (`type='gemb'`, its trainer config in `train`, trained into
      DIR/specialists/<domain> by gemb.train.trainer), or an outside model's precomputed
-     embeddings (`type='table'`, `path` to a .npz, see gemb/proj/distill/teachers.py).
+     embeddings (`type='table'`, `path` to a .npz, see gemb/train/teachers.py).
   2. Fusion baseline: one model trained with the contrastive loss on all domains' data
      (config.fusion, a trainer config, into DIR/fusion), with the students' budget.
-  3. Students (config.students): one universal model each, distilled from the specialists with
-     its loss weights (KL of in-batch similarity distributions; L2 of the similarities), into
+  3. Students (config.students): one universal model each, a trainer config whose distillation
+     stage learns from the specialists with its loss weights (KL of in-batch similarity
+     distributions; L2 of the similarities), trained by gemb.train.trainer into
      DIR/distill/<student>.
   4. Every model's retrieval metrics on every domain's held-out data -> DIR/distill/report.json
      ({metric: {model: {domain: value}}}) and DIR/distill/report.md (the table).
@@ -23,59 +24,22 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 import jax
 import numpy as np
 from ml_collections import ConfigDict
 
 from gemb import sharding
-from gemb.runtime import compilation_cache
 from gemb.data import pipeline
-from gemb.proj.distill import evaluation, teachers as teachers_lib, train as distill_train
-from gemb.train import checkpoints, metrics as metrics_lib, trainer
+from gemb.evaluate import report as report_lib
+from gemb.proj.distill import evaluation
+from gemb.runtime import compilation_cache
+from gemb.train import checkpoints, config_check, teachers as teachers_lib, trainer
 
 SPECIALIST = "specialist"
 FUSION = "fusion"
 METRICS = ("R@1", "R@5", "R@10", "NDCG@10", "MRR@10")
-
-
-def check_config(config: ConfigDict) -> None:
-  """Raises ValueError naming the key when the experiment is ill-posed (checked before training)."""
-  domains = list(config.domains)
-  if len(domains) < 1:
-    raise ValueError("config.domains is empty; name at least one task (domain)")
-  for domain in domains:
-    if domain not in config.specialists:
-      raise ValueError(f"config.specialists has no entry for domain {domain!r}")
-    spec = config.specialists[domain]
-    if spec.type == "gemb":
-      mixture = dict(spec.train.stages[spec.train.stage_order[-1]].mixture)
-      if set(mixture) != {domain}:
-        raise ValueError(f"config.specialists.{domain}.train: the last stage's mixture is "
-                         f"{sorted(mixture)}; a specialist trains on its domain {domain!r} alone")
-    elif spec.type != "table":
-      raise ValueError(f"config.specialists.{domain}.type={spec.type!r}: use 'gemb' or 'table'")
-  if config.teacher_embeddings not in ("on_the_fly", "precomputed"):
-    raise ValueError(f"config.teacher_embeddings={config.teacher_embeddings!r}: use "
-                     "'on_the_fly' or 'precomputed'")
-  # Same budget: the fused model trains on the students' batches for the students' steps.
-  fusion = config.fusion
-  if len(fusion.stage_order) != 1:
-    raise ValueError(f"config.fusion.stage_order={tuple(fusion.stage_order)}: the fused baseline "
-                     "is one training stage, like each student")
-  stage = fusion.stages[fusion.stage_order[0]]
-  want = distill_train.domain_mixture(config)
-  got = {name: dict(entry) for name, entry in stage.mixture.items()}
-  if got != want or int(stage.steps) != int(config.steps):
-    raise ValueError(f"config.fusion must have the students' budget: steps={config.steps} and "
-                     f"mixture {want}; it has steps={stage.steps} and mixture {got}")
-  if stage.get("hard_negatives", True):
-    raise ValueError("config.fusion's stage must set hard_negatives=False: students see no "
-                     "hard negatives, and the budget must be the same")
-  for name in config.students:
-    if name in (SPECIALIST, FUSION):
-      raise ValueError(f"config.students.{name}: the names {SPECIALIST!r} and {FUSION!r} are "
-                       "taken by the baselines")
 
 
 def _train(train_config: ConfigDict, workdir: str) -> str:
@@ -84,27 +48,32 @@ def _train(train_config: ConfigDict, workdir: str) -> str:
   return checkpoints.resolve(train_config.stage_order[-1], workdir)
 
 
+def domain_mixture(config: ConfigDict) -> dict:
+  """config.domains as a pipeline mixture with the universal models' batch size."""
+  return {name: {"batch_size": int(config.batch_size), **dict(entry)}
+          for name, entry in config.domains.items()}
+
+
 def _training_examples(config: ConfigDict, domain: str) -> tuple[list, str | None]:
   """Every training example of a domain (its source, as the student reads it) + task string."""
-  task = pipeline.make_tasks(config.data, config.model,
-                             {domain: distill_train.domain_mixture(config)[domain]},
+  task = pipeline.make_tasks(config.data, config.model, {domain: domain_mixture(config)[domain]},
                              hard_negatives=False, where="config.domains")[domain]
   task_string = task.task_string if evaluation.uses_task_strings(config.data) else None
   return [task.source[i] for i in range(len(task.source))], task_string
 
 
-def specialist(config: ConfigDict, workdir: str, domain: str, mesh):
-  """(teacher for training, embed for evaluation or None) of one domain's specialist."""
+def specialist(config: ConfigDict, workdir: str, domain: str, mesh) -> tuple[dict, Callable]:
+  """(the students' teacher entry of one domain's specialist, its embed for evaluation)."""
   spec = config.specialists[domain]
   if spec.type == "table":
-    table = teachers_lib.TableTeacher.from_file(spec.path, mesh)
-    return table, table.embed
+    return {"type": "table", "path": spec.path}, teachers_lib.TableTeacher.from_file(
+        spec.path, mesh).embed
   directory = os.path.join(workdir, "specialists", domain)
   path = _train(spec.train, directory)
   encoder = teachers_lib.EncoderTeacher.from_checkpoint(
-      spec.train.model, spec.train.seed, path, mesh, eval_batch_size=config.eval.batch_size)
+      spec.train.model, path, mesh, eval_batch_size=config.eval.batch_size)
   if config.teacher_embeddings == "on_the_fly":
-    return encoder, encoder.embed
+    return {"type": "checkpoint", "path": path, "model": spec.train.model}, encoder.embed
   table_path = os.path.join(directory, "teacher_table.npz")
   if not os.path.exists(table_path):
     examples, task_string = _training_examples(config, domain)
@@ -113,7 +82,7 @@ def specialist(config: ConfigDict, workdir: str, domain: str, mesh):
         batch_size=config.eval.batch_size)
     if jax.process_index() == 0:
       teachers_lib.save_table(table_path, ids, embeddings)
-  return teachers_lib.TableTeacher.from_file(table_path, mesh), encoder.embed
+  return {"type": "table", "path": table_path}, encoder.embed
 
 
 def _averages(table: dict) -> dict:
@@ -140,19 +109,14 @@ def _goal(report: dict, students, margin: float) -> dict:
   return out
 
 
-def markdown_table(report: dict, metric: str = "R@1") -> str:
-  """Domains x models table of one metric (plus the average row)."""
-  table = report[metric]
-  models = list(table)
-  domains = list(table[FUSION])
+def domain_table(report: dict, metric: str = "R@1") -> str:
+  """Markdown domains x models table of one metric in % (plus the average row)."""
+  table, averages = report[metric], report["average"][metric]
   fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
-  lines = [f"| {metric} (%) | " + " | ".join(models) + " |",
-           "|---|" + "---:|" * len(models)]
-  for domain in domains:
-    lines.append(f"| {domain} | " + " | ".join(fmt(table[m].get(domain)) for m in models) + " |")
-  averages = report["average"][metric]
-  lines.append("| **average** | " + " | ".join(fmt(averages.get(m)) for m in models) + " |")
-  return "\n".join(lines)
+  rows = [[domain, *(fmt(values.get(domain)) for values in table.values())]
+          for domain in table[FUSION]]
+  rows.append(["**average**", *(fmt(averages.get(model)) for model in table)])
+  return report_lib.format_table([f"{metric} (%)", *table], rows, align_right=True)
 
 
 def run(config: ConfigDict, workdir: str) -> dict:
@@ -163,10 +127,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
   # batch layout, one forward for evaluation): compiled once, reused by the later models and
   # by a re-run.
   cache = compilation_cache.enable(config, workdir)
-  check_config(config)
+  config_check.distillation(config, baselines=(SPECIALIST, FUSION))
   mesh = sharding.make_mesh(config.mesh)
   out_dir = os.path.join(workdir, "distill")
-  writer = metrics_lib.MetricWriter(out_dir, enabled=jax.process_index() == 0)
   timings = {}
 
   teachers, specialist_embeds = {}, {}
@@ -182,8 +145,9 @@ def run(config: ConfigDict, workdir: str) -> dict:
   student_paths = {}
   for name in config.students:
     tick = time.perf_counter()
-    student_paths[name] = distill_train.train_student(config, out_dir, name, teachers, mesh,
-                                                      writer)
+    student = config.students[name].copy_and_resolve_references()
+    student.stages[student.stage_order[0]].distill.teachers = teachers
+    student_paths[name] = _train(student, os.path.join(out_dir, name))
     timings[f"student/{name}"] = time.perf_counter() - tick
 
   tick = time.perf_counter()
@@ -196,11 +160,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
     except KeyError as e:  # an outside teacher's table without the evaluation examples
       print(f"specialist {domain}: not evaluated, reported as null: {e}", flush=True)
       results[SPECIALIST][domain] = None
-  universal = {FUSION: (config.fusion.model, config.fusion.seed, fusion_path)}
-  universal.update({name: (config.model, config.seed, path) for name, path in student_paths.items()})
-  for model, (model_cfg, seed, path) in universal.items():
+  universal = {FUSION: (config.fusion.model, fusion_path)}
+  universal.update({name: (config.students[name].model, path)
+                    for name, path in student_paths.items()})
+  for model, (model_cfg, path) in universal.items():
     encoder = teachers_lib.EncoderTeacher.from_checkpoint(
-        model_cfg, seed, path, mesh, eval_batch_size=config.eval.batch_size)
+        model_cfg, path, mesh, eval_batch_size=config.eval.batch_size)
     results[model] = {domain: task.metrics(encoder.embed, ks)
                       for domain, task in domain_evals.items()}
   timings["evaluation"] = time.perf_counter() - tick
@@ -224,12 +189,12 @@ def run(config: ConfigDict, workdir: str) -> dict:
                        "load_average_end": os.getloadavg(), "compilation_cache": cache}
   report["command"] = " ".join(sys.argv)
   if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
       json.dump(report, f, indent=2)
-    table = markdown_table(report)
+    table = domain_table(report)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
       f.write(table + "\n")
     print(f"\n## distillation: per-domain R@1\n\n{table}\n", flush=True)
     print(json.dumps(report["goal"], indent=2), flush=True)
-  writer.close()
   return report

@@ -1,15 +1,15 @@
-"""Teachers: where a domain's specialist embeddings come from during distillation.
+"""Teachers of a distillation stage: where each task's teacher embeddings come from.
 
-A teacher gives, for each training batch of its domain, the embeddings of the batch's queries
+A teacher gives, for each training batch of its task, the embeddings of the batch's queries
 and positives ([B, D_T] global arrays, D_T its own width), and for evaluation the embeddings of
-raw inputs. Two kinds:
+raw inputs. A stage declares one per task of its mixture (`from_config`). Two kinds:
 
   EncoderTeacher  a gemb checkpoint run frozen on every batch, on the fly, under jit. Teachers
                   of one architecture share one compiled forward per batch layout.
   TableTeacher    embeddings precomputed per example id and stored in a .npz
                   (`ids` int64 [N], `embeddings` float [N, D_T]). This is how a teacher from
                   another framework plugs in: embed your examples offline, key each row by the
-                  example's id (`example_ids`, the ids the training batches carry), save with
+                  example's id (`features.example_ids`, the ids the batches carry), save with
                   `save_table`. `precompute_table` builds one from any embedding function.
 
 Ids are gemb's: `features.key_id(query_key)` when an example has identity keys (ToyWorld,
@@ -23,7 +23,6 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -31,51 +30,14 @@ from gemb import sharding
 from gemb.data import features
 from gemb.embed import make_embed_fn
 from gemb.evaluate.embeddings import embed_in_chunks
-from gemb.model.encoder import Encoder
 from gemb.train import checkpoints
 
 Input = list  # one raw input: a list of parts
 
 
-def example_ids(raw: Mapping[str, Any]) -> tuple[int, int]:
-  """(query id, positive id) of a raw example, as gemb.data.pipeline puts them in batches."""
-  query = (features.key_id(raw["query_key"]) if "query_key" in raw
-           else features.content_id(raw["query"]))
-  positive = (features.key_id(raw["positive_key"]) if "positive_key" in raw
-              else features.content_id(raw["positive"]))
-  return query, positive
-
-
 def _unit_rows(x: np.ndarray) -> np.ndarray:
   norms = np.linalg.norm(x, axis=-1, keepdims=True)
   return (x / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
-@functools.lru_cache(maxsize=None)
-def _initializer(model_cfg: ml_collections.FrozenConfigDict, mesh):
-  """(graphdef, init(key) -> sharded encoder state): one compilation per architecture and mesh,
-  whatever the seed (sharding.create_sharded compiles again for every seed and call)."""
-  make = lambda key: Encoder(model_cfg, rngs=nnx.Rngs(key))
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
-  init = jax.jit(lambda key: nnx.state(make(key)),
-                 out_shardings=sharding.param_shardings(abstract, mesh))
-  return graphdef, init
-
-
-def init_encoder(model_cfg, seed: int, mesh) -> tuple[Any, Any, Any]:
-  """(graphdef, encoder params, rest) of a new encoder born sharded on `mesh`; the same
-  parameters as `Encoder(model_cfg, rngs=nnx.Rngs(seed))`."""
-  graphdef, init = _initializer(ml_collections.FrozenConfigDict(model_cfg), mesh)
-  model = nnx.merge(graphdef, init(jax.random.key(seed)))
-  return nnx.split(model, nnx.Param, ...)
-
-
-def load_encoder(model_cfg, seed: int, path: str, mesh) -> tuple[Any, Any, Any]:
-  """(graphdef, encoder params, rest) of the gemb checkpoint step folder `path`, on `mesh`."""
-  graphdef, params, rest = init_encoder(model_cfg, seed, mesh)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params)
-  return graphdef, checkpoints.load_params(path, abstract), rest
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -94,8 +56,8 @@ class EncoderTeacher:
     self._embed_fn = None
 
   @classmethod
-  def from_checkpoint(cls, model_cfg, seed: int, path: str, mesh, **kwargs) -> "EncoderTeacher":
-    return cls(model_cfg, *load_encoder(model_cfg, seed, path, mesh), mesh, **kwargs)
+  def from_checkpoint(cls, model_cfg, path: str, mesh, **kwargs) -> "EncoderTeacher":
+    return cls(model_cfg, *checkpoints.load_encoder(model_cfg, mesh, path), mesh, **kwargs)
 
   def batch_embeddings(self, host_batch: dict, device_batch: dict) -> tuple[jax.Array, jax.Array]:
     """([B, D_T], [B, D_T]) global embeddings of the batch's queries and positives."""
@@ -202,7 +164,7 @@ def precompute_table(embed: Callable[[list[Input]], np.ndarray], examples: Seque
   ids, inputs = [], []
   seen = set()
   for raw in examples:
-    query_id, positive_id = example_ids(raw)
+    query_id, positive_id = features.example_ids(raw)
     query = raw["query"] if task_string is None else features.with_task_string(
         raw["query"], task_string)
     for example_id, parts in ((query_id, query), (positive_id, raw["positive"])):
@@ -220,3 +182,16 @@ def precompute_table(embed: Callable[[list[Input]], np.ndarray], examples: Seque
     for i, row in zip(rows, out):
       embeddings[i] = row
   return np.asarray(ids, np.int64), np.stack(embeddings).astype(np.float32)
+
+
+def from_config(teachers_cfg: Mapping[str, Mapping], mesh) -> dict[str, Any]:
+  """Task -> teacher of a distillation stage's `distill.teachers`: {task: dict(type='table',
+  path=<.npz>)} or {task: dict(type='checkpoint', path=<step folder>, model=<its config.model>)}.
+  """
+  teachers = {}
+  for task, entry in teachers_cfg.items():
+    if entry["type"] == "table":
+      teachers[task] = TableTeacher.from_file(entry["path"], mesh)
+    else:
+      teachers[task] = EncoderTeacher.from_checkpoint(entry["model"], entry["path"], mesh)
+  return teachers
