@@ -23,10 +23,13 @@ import numpy as np
 from absl import app, flags
 
 from gemb.datasets import toyworld
+from gemb.serve import service
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bundle", None, "Bundle to serve in-process on 127.0.0.1 (or use --url).")
 flags.DEFINE_string("url", None, "A running service on a loopback address.")
+flags.DEFINE_string("api_key_file", None, "With --url: the service's API key file "
+                    "(launch.serve --api_key_file), sent as 'Authorization: Bearer <key>'.")
 flags.DEFINE_list("concurrency", ["1", "8", "32"], "Concurrent clients, one level each.")
 flags.DEFINE_integer("requests", 200, "Requests per concurrency level.")
 flags.DEFINE_float("max_seconds", 60.0, "Time limit per concurrency level.")
@@ -95,7 +98,7 @@ def run_level(host: str, port: int, clients: int, bodies: list[bytes], total: in
           return
         start = time.perf_counter()
         connection.request("POST", "/embed", bodies[r % len(bodies)],
-                           {"Content-Type": "application/json"})
+                           {"Content-Type": "application/json", **_auth()})
         response = connection.getresponse()
         data = response.read()
         elapsed = time.perf_counter() - start
@@ -125,10 +128,16 @@ def run_level(host: str, port: int, clients: int, bodies: list[bytes], total: in
           "requests_per_s": len(latencies) / wall, "wall_s": wall}
 
 
+def _auth() -> dict[str, str]:
+  if not FLAGS.api_key_file:
+    return {}
+  return {"Authorization": f"Bearer {service.read_api_key(FLAGS.api_key_file)}"}
+
+
 def health(host: str, port: int) -> dict:
   connection = http.client.HTTPConnection(host, port, timeout=30)
   try:
-    connection.request("GET", "/health")
+    connection.request("GET", "/health", headers=_auth())
     return json.loads(connection.getresponse().read())
   finally:
     connection.close()
@@ -140,7 +149,7 @@ def main(argv):
     raise app.UsageError("give exactly one of --bundle or --url")
   server = None
   if FLAGS.bundle:
-    from gemb.serve import bundle, service  # pylint: disable=g-import-not-at-top
+    from gemb.serve import bundle  # pylint: disable=g-import-not-at-top
     embedder = bundle.load(FLAGS.bundle)
     server = service.make_server(
         embedder, "127.0.0.1", 0,

@@ -1,67 +1,28 @@
 """The HTTP embedding service: happy paths equal the library embedder, every bad request is a 4xx
 naming its field, and the service keeps serving afterwards."""
 import base64
-import http.client
 import io
 import json
 import socket
 import threading
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
-from configs import model_presets
-from gemb.export import bundle as export_bundle
-from gemb.model.encoder import Encoder
 from gemb.serve import bundle as serve_bundle
 from gemb.serve import service
-
-SETTINGS = {"modality_sets": [["text"], ["text", "image", "audio", "video"]], "platforms": ["cpu"],
-            "max_batch": 4, "batch_timeout_ms": 50.0, "max_inputs_per_request": 8,
-            "max_request_bytes": 256 * 1024, "max_image_pixels": 48 * 48}
-
-
-def random_encoder(model_cfg, seed):
-  """An Encoder with numpy-random params (fast: no compiled initialisers needed)."""
-  graphdef, params, rest = nnx.split(
-      nnx.eval_shape(lambda: Encoder(model_cfg, rngs=nnx.Rngs(0))), nnx.Param, ...)
-  rng = np.random.default_rng(seed)
-  params = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.05, x.shape), x.dtype), params)
-  rest = jax.tree.map(lambda x: jax.random.key(0) if jax.dtypes.issubdtype(
-      x.dtype, jax.dtypes.prng_key) else jnp.zeros(x.shape, x.dtype), rest)
-  return nnx.merge(graphdef, params, rest)
+from serve_helpers import SETTINGS, request, tiny_bundle
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-  model_cfg = model_presets.get_model_config("tiny")
-  model_cfg.max_seq_len = 256  # so that an input of 5 text parts (5 x 64 tokens) is too long
-  _, params, _ = nnx.split(random_encoder(model_cfg, seed=0), nnx.Param, ...)
-  path = str(tmp_path_factory.mktemp("serve") / "bundle")
-  export_bundle.export_params(model_cfg, params, path, SETTINGS)
-  embedder = serve_bundle.load(path)
+  embedder = serve_bundle.load(tiny_bundle(str(tmp_path_factory.mktemp("serve") / "bundle")))
   httpd = service.make_server(embedder, "127.0.0.1", 0)
   service.serve_in_thread(httpd)
   yield httpd
   httpd.shutdown()
   httpd.server_close()
-
-
-def request(server, method, path, body=None):
-  host, port = server.server_address[:2]
-  connection = http.client.HTTPConnection(host, port, timeout=120)
-  try:
-    if body is not None and not isinstance(body, bytes):
-      body = json.dumps(body).encode()
-    connection.request(method, path, body, {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    return response.status, json.loads(response.read())
-  finally:
-    connection.close()
 
 
 def embed(server, body):
@@ -201,4 +162,17 @@ def test_unknown_path_and_method(server):
   assert (status, answer["field"]) == (404, "path")
   status, answer = request(server, "PUT", "/embed", {"inputs": [TEXT]})
   assert (status, answer["field"]) == (405, "method")
+  assert embed(server, {"inputs": [TEXT]})[0] == 200
+
+
+# 100,000 nested arrays; objects nest 50,000 deep to stay under max_request_bytes.
+DEEP_JSON = {"arrays": b"[" * 100_000 + b"]" * 100_000,
+             "objects": b'{"":' * 50_000 + b"1" + b"}" * 50_000}
+
+
+@pytest.mark.parametrize("nesting", sorted(DEEP_JSON))
+def test_deeply_nested_json_is_a_400_naming_the_body(server, nesting):
+  status, answer = embed(server, DEEP_JSON[nesting])
+  assert (status, answer["field"]) == (400, "body"), answer
+  assert "nested too deeply" in answer["error"]
   assert embed(server, {"inputs": [TEXT]})[0] == 200

@@ -209,6 +209,26 @@ def featurise_inputs(inputs: Any, cfg: features.FeatureConfig, limits: Limits,
   return out
 
 
+def featurise_token_ids(ids: Any, cfg: features.FeatureConfig, limits: Limits,
+                        field: str) -> dict[str, np.ndarray]:
+  """A text part given as token ids of the bundle's tokenizer (what `cfg.text_tokenizer.encode`
+  returns) -> the featurised part, checked and cut like a text part."""
+  if not isinstance(ids, list) or not ids:
+    raise InputError(field, "a token array is a non-empty list of token ids")
+  if any(type(i) is not int for i in ids):  # bool is an int; a token id is not
+    raise InputError(field, "token ids must be integers")
+  vocab_size = cfg.text_tokenizer.vocab_size
+  bad = next((i for i in ids if not 0 < i < vocab_size), None)
+  if bad is not None:
+    raise InputError(field, f"token id {bad} is not in [1, {vocab_size}): token arrays are ids "
+                            f"of this model's tokenizer ({cfg.tokenizer!r}), not another's (e.g. "
+                            "tiktoken's); send strings instead")
+  if len(ids) > limits.max_text_tokens and not cfg.truncate:
+    raise InputError(field, f"{len(ids)} tokens > limit max_text_tokens={limits.max_text_tokens} "
+                            "(or ask for truncation)")
+  return {"text": np.asarray(ids[:limits.max_text_tokens], np.int32)}
+
+
 def check_inputs_per_request(inputs: Sequence, limits: Limits) -> None:
   if isinstance(inputs, (list, tuple)) and len(inputs) > limits.max_inputs_per_request:
     raise InputError("inputs", f"{len(inputs)} inputs > limit max_inputs_per_request="
