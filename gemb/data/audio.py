@@ -1,4 +1,4 @@
-"""Audio: WAV decode, resampling to the model's rate, log-mel spectrogram (numpy).
+"""Audio: file decoding (WAV, FLAC, OGG, MP3, ...), resampling to the model's rate, log-mel spectrogram (numpy).
 
 The log-mel front end, with every number from config.model:
 
@@ -27,6 +27,17 @@ def load_wav(path: str) -> tuple[np.ndarray, int]:
   """Decodes a WAV file to (float32[N] mono in [-1, 1], sample rate). Channels are averaged."""
   from scipy.io import wavfile  # pylint: disable=g-import-not-at-top  (slow import, keep lazy)
   rate, data = wavfile.read(path)
+  return to_float_mono(data), int(rate)
+
+
+def load_audio(source) -> tuple[np.ndarray, int]:
+  """Decodes an audio file (a path, or a binary file object such as io.BytesIO) to (float32[N]
+  mono in [-1, 1], sample rate): WAV paths with scipy, everything else libsndfile reads (FLAC,
+  OGG/Vorbis, Opus, MP3, AIFF, ...) with soundfile."""
+  if isinstance(source, str) and source.lower().endswith(".wav"):
+    return load_wav(source)
+  import soundfile  # pylint: disable=g-import-not-at-top  (optional until a non-WAV file comes)
+  data, rate = soundfile.read(source, dtype="float32", always_2d=True)
   return to_float_mono(data), int(rate)
 
 

@@ -1,4 +1,4 @@
-"""Video: decode (GIF, a folder of frames, .npy, optionally .mp4), sample at a fixed fps, resize.
+"""Video: decode (GIF, a folder of frames, .npy, .mp4 via av), sample at a fixed fps, resize.
 
 Frames are sampled at the centres of the model's frame intervals, t_k = (k + 1/2) / fps, from
 files that carry timing (GIF frame durations, mp4 timestamps). A .npy array [T, H, W, 3] uint8,
@@ -46,7 +46,7 @@ def _load_mp4(path: str, fps: float, max_frames: int) -> np.ndarray:
   try:
     import av  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError("decoding .mp4 needs the optional package 'av' (pip install av); or "
+    raise ValueError("decoding .mp4 needs the package 'av' (in requirements.txt); or "
                      "convert the clip to a GIF, a folder of frames or a .npy array") from e
   frames, starts = [], []
   with av.open(path) as container:
@@ -90,7 +90,7 @@ def load_video(path: str, fps: float, max_frames: int) -> np.ndarray:
   if lower.endswith((".mp4", ".webm", ".mov", ".mkv", ".avi")):
     return _load_mp4(path, fps, max_frames)
   raise ValueError("unknown video format; use a .gif, a .npy uint8 [T, H, W, 3] array, a "
-                   "folder of frames, or .mp4 with the optional package 'av'")
+                   "folder of frames, or .mp4")
 
 
 def featurise_video(video: np.ndarray, size: tuple[int, int], mean: float,

@@ -1,6 +1,6 @@
 """Data sources by name: `get(name, data_cfg)` returns the source that a mixture task reads.
 
-  dataset = datasets.get("toyworld", config.data)   # or "manifest", "tfds", a registered name
+  dataset = datasets.get("toyworld", config.data)   # or "manifest", "tfds", "hf", a registered name
   dataset.tasks()                                   # the task names it offers
   task = dataset.task("text_to_image", fcfg, where="config.stages.finetune.mixture")
   task.source[i]                                    # raw example: {"query": [parts], ...}
@@ -19,6 +19,7 @@ _MODULES: dict[str, Any] = {
     "toyworld": "gemb.datasets.toyworld",
     "manifest": "gemb.datasets.manifest",
     "tfds": "gemb.datasets.tfds",
+    "hf": "gemb.datasets.hf",
 }
 
 
@@ -58,6 +59,20 @@ def get(name: str, data_cfg: Mapping[str, Any], where: str = "config.data.source
   if isinstance(dataset, str):
     dataset = importlib.import_module(dataset).Dataset
   return dataset(data_cfg)
+
+
+def parse_parts(spec: str, where: str) -> list[tuple[str, str]]:
+  """A side's parts from a column spec: "text:caption,image:image" -> [("text", "caption"),
+  ("image", "image")]; a column path walks nested fields with "/" (TFDS features, HF structs)."""
+  from gemb.data import packing  # pylint: disable=g-import-not-at-top
+  parts = []
+  for item in [s.strip() for s in spec.split(",") if s.strip()]:
+    modality, _, path = item.partition(":")
+    if modality not in packing.MODALITIES or not path:
+      raise ValueError(f"{where}={spec!r}: each part is 'modality:feature/path' with a modality "
+                       f"in {packing.MODALITIES}, got {item!r}")
+    parts.append((modality, path))
+  return parts
 
 
 def unknown_task(where: str, name: str, dataset: str, known) -> ValueError:

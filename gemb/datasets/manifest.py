@@ -9,8 +9,9 @@ One example per line:
   query, positive, negative (optional)
             non-empty lists of parts, each {"text": str} or {"image" | "audio" | "video": path};
             paths are relative to the manifest's folder. Images: any format Pillow reads. Audio:
-            WAV (any rate, mono or multi-channel; resampled, channels averaged). Video: .gif,
-            .npy uint8 [T, H, W, 3], a folder of frames, or .mp4 with the optional package 'av'.
+            WAV, FLAC, OGG, MP3 (any rate, mono or multi-channel; resampled, channels
+            averaged). Video: .gif,
+            .npy uint8 [T, H, W, 3], a folder of frames, or .mp4 (decoded with av).
   query_key, positive_key (optional)
             identity strings: two examples with equal keys have the same content (their ids
             in a batch are equal, so the loss does not treat them as negatives of each other).

@@ -28,21 +28,8 @@ import numpy as np
 from gemb import datasets
 from gemb.data import audio as audio_lib
 from gemb.data import features
-from gemb.data import packing
 
 ENTRY_KEYS = ("name", "split", "data_dir", "query", "positive", "negative", "sample_rate")
-
-
-def parse_parts(spec: str, where: str) -> list[tuple[str, str]]:
-  """ "text:caption,image:image" -> [("text", "caption"), ("image", "image")]."""
-  parts = []
-  for item in [s.strip() for s in spec.split(",") if s.strip()]:
-    modality, _, path = item.partition(":")
-    if modality not in packing.MODALITIES or not path:
-      raise ValueError(f"{where}={spec!r}: each part is 'modality:feature/path' with a modality "
-                       f"in {packing.MODALITIES}, got {item!r}")
-    parts.append((modality, path))
-  return parts
 
 
 class TfdsSource:
@@ -68,7 +55,7 @@ class TfdsSource:
     for key in ("name", "query", "positive"):
       if not entry.get(key):
         raise ValueError(f"{where}.{key} is missing")
-    parts = {side: parse_parts(entry[side], f"{where}.{side}")
+    parts = {side: datasets.parse_parts(entry[side], f"{where}.{side}")
              for side in features.SIDES if entry.get(side)}
     return cls(task, entry["name"], entry.get("split") or split, parts, entry.get("data_dir"),
                int(entry.get("sample_rate", features.RAW_AUDIO_RATE)))
