@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 _MODULES: dict[str, Any] = {
     "toyworld": "gemb.datasets.toyworld",
@@ -73,6 +73,33 @@ def parse_parts(spec: str, where: str) -> list[tuple[str, str]]:
                        f"in {packing.MODALITIES}, got {item!r}")
     parts.append((modality, path))
   return parts
+
+
+def example(task: str, origin: str, parts: Mapping[str, list[tuple[str, str]]],
+            read: Callable[[str, str], Any]) -> dict[str, Any]:
+  """A raw example of a column-mapped source (TFDS, HF): side -> [{modality: read(modality,
+  column path)}, ...]; a part that cannot be read is a BadRecordError naming origin and column."""
+  from gemb.data import features  # pylint: disable=g-import-not-at-top
+  out = {"task": task, "origin": origin}
+  for side, side_parts in parts.items():
+    out[side] = []
+    for modality, path in side_parts:
+      try:
+        out[side].append({modality: read(modality, path)})
+      except (KeyError, ValueError, TypeError, OSError) as e:
+        raise features.BadRecordError(f"{origin} {side} {modality}:{path}: {e}") from e
+  return out
+
+
+def field(record: Mapping[str, Any], path: str) -> Any:
+  """The value at a column path ("a/b" walks nested fields); KeyError naming what is there."""
+  value = record
+  for key in path.split("/"):
+    if not isinstance(value, Mapping) or key not in value:
+      there = sorted(value) if isinstance(value, Mapping) else type(value).__name__
+      raise KeyError(f"field {path!r} not found at {key!r}; there: {there}")
+    value = value[key]
+  return value
 
 
 def unknown_task(where: str, name: str, dataset: str, known) -> ValueError:

@@ -111,25 +111,12 @@ class HfSource:
     return len(self.dataset)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    index = int(index)
-    row = self.dataset[index]
-    origin = f"{self.where} row {index}"
-    example = {"task": self.task, "origin": origin}
-    for side, parts in self.parts.items():
-      example[side] = []
-      for modality, path in parts:
-        try:
-          example[side].append({modality: self._part(modality, path, row)})
-        except (KeyError, ValueError, TypeError, OSError) as e:
-          raise features.BadRecordError(f"{origin} {side} {modality}:{path}: {e}") from e
-    return example
+    row = self.dataset[int(index)]
+    return datasets.example(self.task, f"{self.where} row {int(index)}", self.parts,
+                            lambda modality, path: self._part(modality, path, row))
 
   def _part(self, modality: str, path: str, row: Mapping[str, Any]):
-    value = row
-    for key in path.split("/"):
-      if not isinstance(value, Mapping) or key not in value:
-        raise KeyError(f"no field {key!r}")
-      value = value[key]
+    value = datasets.field(row, path)
     if value is None:
       raise ValueError("the value is missing (null)")
     if modality == "text":

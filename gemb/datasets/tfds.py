@@ -75,16 +75,8 @@ class TfdsSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self.source[int(index)]
-    origin = f"tfds {self.name}/{self.split} #{index}"
-    example = {"task": self.task, "origin": origin}
-    for side, parts in self.parts.items():
-      example[side] = []
-      for modality, path in parts:
-        try:
-          example[side].append({modality: self._part(modality, path, record)})
-        except (KeyError, ValueError, TypeError) as e:
-          raise features.BadRecordError(f"{origin} {side} {modality}:{path}: {e}") from e
-    return example
+    return datasets.example(self.task, f"tfds {self.name}/{self.split} #{index}", self.parts,
+                            lambda modality, path: self._part(modality, path, record))
 
   def _feature(self, path: str):
     feature = self.source.dataset_info.features
@@ -95,12 +87,7 @@ class TfdsSource:
     return feature
 
   def _part(self, modality: str, path: str, record: Mapping[str, Any]):
-    value = record
-    for key in path.split("/"):
-      if not isinstance(value, Mapping) or key not in value:
-        known = sorted(value) if isinstance(value, Mapping) else type(value).__name__
-        raise KeyError(f"feature {path!r} not found at {key!r}; there: {known}")
-      value = value[key]
+    value = datasets.field(record, path)
     if modality == "text":
       feature = self._feature(path)
       value = np.asarray(value)
