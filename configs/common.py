@@ -189,6 +189,10 @@ def optim(**overrides) -> ml_collections.ConfigDict:
       eps=1e-8,
       clip_norm=1.0,
       accumulate_steps=1,
+      # The backbone (text stem, blocks, final norm: what a pretrained checkpoint gives) at this
+      # multiple of the lr for the first backbone_multiplier_steps steps (0: all); 0 freezes it.
+      backbone_lr_multiplier=1.0,
+      backbone_multiplier_steps=0,
   ), overrides, "optim")
 
 

@@ -25,7 +25,8 @@ MIXTURE_KEYS = {"rate", "batch_size", "task_string", "source"}
 LOSS_KEYS = {"type", "temperature", "learn_temperature", "temperature_min", "temperature_max",
              "symmetric", "block_size", "mrl_weights", "siglip_bias"}
 OPTIM_KEYS = {"lr", "schedule", "warmup_steps", "final_lr_fraction", "weight_decay", "b1", "b2",
-              "eps", "clip_norm", "accumulate_steps"}
+              "eps", "clip_norm", "accumulate_steps", "backbone_lr_multiplier",
+              "backbone_multiplier_steps"}
 CHECKPOINT_KEYS = {"every", "keep", "async_save"}
 DATA_KEYS = {"source", "seed", "split", "toyworld_size", "toyworld_seed", "toyworld", "manifest",
              "tfds", "hf", "worker_count", "worker_buffer_size", "read_threads", "prefetch",
@@ -190,6 +191,9 @@ def check(config: ConfigDict, device_count: int, process_count: int = 1,
   evals(config.evals)
   _keys(config.checkpoint, CHECKPOINT_KEYS, "config.checkpoint", "configs.common.checkpoint(...)")
   _keys(config.optim, OPTIM_KEYS, "config.optim", "configs.common.optim(...)")
+  for key in ("backbone_lr_multiplier", "backbone_multiplier_steps"):
+    if config.optim[key] < 0:
+      raise ConfigError(f"config.optim.{key}={config.optim[key]} must be >= 0")
   _keys(config.loss, LOSS_KEYS, "config.loss", "configs.common.loss(...)")
   if config.loss.type not in ("nce", "siglip"):
     raise ConfigError(f"config.loss.type={config.loss.type!r}: use 'nce' or 'siglip'")
@@ -246,7 +250,13 @@ def check(config: ConfigDict, device_count: int, process_count: int = 1,
 
 
 def _check_reference(ref: str, where: str, earlier: list[str], workdir: str | None) -> None:
-  """A checkpoint reference is an earlier stage ('stage' / 'stage:step') or an existing path."""
+  """A checkpoint reference is an earlier stage ('stage' / 'stage:step'), an existing path, or
+  'hf:FOLDER' (a Hugging Face model folder)."""
+  if ref.startswith("hf:"):
+    if not os.path.isfile(os.path.join(ref[len("hf:"):], "config.json")):
+      raise ConfigError(f"{where}={ref!r}: {ref[len('hf:'):]!r} is not a Hugging Face model "
+                        "folder (no config.json)")
+    return
   if os.path.sep in ref:
     if not os.path.exists(ref):
       raise ConfigError(f"{where}: checkpoint path {ref!r} does not exist")
