@@ -48,9 +48,11 @@ def model(preset: str = "tiny") -> ml_collections.ConfigDict:
   tiny = preset == "tiny"
   c = ml_collections.ConfigDict()
   # Transformer.
-  c.backbone = "gemb"  # or "bert" (post-LN, from a Hugging Face folder: gemb/model/bert.py)
+  c.backbone = "gemb"  # or "bert" / "gemma": pretrained, from a Hugging Face folder (gemb.model.hf)
   c.pooling = "mean"  # or "cls": the first text slot's first token
-  c.projection = "linear"  # or "identity" (embed_dim == width): the pooled vector is the embedding
+  # Or "identity" (embed_dim == width): the pooled vector is the embedding; or "dense": a
+  # sentence-transformers folder's Dense layers (embed_dim == their last width).
+  c.projection = "linear"
   c.width = width
   c.depth = depth
   c.num_heads = num_heads

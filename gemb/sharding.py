@@ -37,6 +37,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("parts", None),              # rows of the part-index table
     ("projection", None),         # output embedding width embed_dim
     ("length", None),             # sequence positions of activations
+    ("layers", None),             # the stacked blocks of a scanned encoder (scan_layers)
 )
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from scipy.io import wavfile
 
 from configs import common
 from gemb.data import features
+from gemb.data import tokenizer as tokenizer_lib
 from gemb.export import bundle as export_bundle
 from gemb.model.encoder import mrl_prefixes
 from gemb.train import checkpoints
@@ -160,3 +162,57 @@ def test_export_settings_reject_unknown_keys():
   config.export = {"max_batchsize": 8}
   with pytest.raises(ValueError, match="config.export has unknown keys"):
     export_bundle.export_settings(config)
+
+
+# ------------------------------------------------- a Hugging Face tokenizer travels in the bundle
+
+HF_WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "sat", "on", "a", "red", "mat"]
+
+
+def _hf_tokenizer_folder(folder, max_seq_length: int) -> str:
+  """A tokenizer-only sentence-transformers folder whose tokenizer.json keeps case (WordPiece of
+  lowercase HF_WORDS, BERT's template) and whose sentence_bert_config.json asks to lowercase."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  tk = tokenizers.Tokenizer(tokenizers.models.WordPiece(
+      {w: i for i, w in enumerate(HF_WORDS)}, unk_token="[UNK]"))
+  tk.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+  tk.post_processor = tokenizers.processors.TemplateProcessing(
+      single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+  os.makedirs(folder)
+  tk.save(os.path.join(folder, "tokenizer.json"))
+  files = {"config.json": {"model_type": "bert", "max_position_embeddings": 16},
+           "modules.json": [{"path": "", "type": "sentence_transformers.models.Transformer"}],
+           "sentence_bert_config.json": {"max_seq_length": max_seq_length,
+                                         "do_lower_case": True}}
+  for name, content in files.items():
+    with open(os.path.join(folder, name), "w") as f:
+      json.dump(content, f)
+  return str(folder)
+
+
+def _hf_features(folder, max_text_tokens: int) -> features.FeatureConfig:
+  model_cfg = common.model("tiny")
+  model_cfg.tokenizer, model_cfg.max_text_tokens = f"hf:{folder}", max_text_tokens
+  return features.FeatureConfig.from_config(model_cfg)
+
+
+def test_a_lowercasing_hugging_face_tokenizer_travels_in_the_bundle_alone(tmp_path):
+  folder = _hf_tokenizer_folder(tmp_path / "hf", max_seq_length=8)
+  feature_cfg = _hf_features(folder, max_text_tokens=8)
+  texts = ["The CAT sat", "A Red Mat", "the cat sat on a red mat on the mat", "a dog"]
+  want = [feature_cfg.text_tokenizer.encode(t).tolist() for t in texts]
+  assert want[0] == [2, 4, 5, 6, 3] and len(want[2]) == 8  # lowercased; cut to 8, [SEP] kept
+  os.makedirs(tmp_path / "bundle")
+  name = export_bundle.write_tokenizer(feature_cfg, str(tmp_path / "bundle"))
+  shutil.rmtree(folder)
+  bundled = tokenizer_lib.make_tokenizer(str(tmp_path / "bundle" / name),
+                                         feature_cfg.vocab_size, feature_cfg.max_text_tokens)
+  assert [bundled.encode(t).tolist() for t in texts] == want
+
+
+def test_export_refuses_a_text_length_that_the_hugging_face_tokenizer_cuts_shorter(tmp_path):
+  feature_cfg = _hf_features(_hf_tokenizer_folder(tmp_path / "hf", max_seq_length=8),
+                             max_text_tokens=12)
+  with pytest.raises(ValueError, match="truncates to 8 tokens, but config.model.max_text_"
+                                       "tokens=12"):
+    export_bundle.write_tokenizer(feature_cfg, str(tmp_path))

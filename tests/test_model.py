@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs.model_presets import get_model_config
+from configs import common
 from gemb.data.packing import Layout, pack_inputs
-from gemb.model.encoder import Encoder, Mlp, mrl_prefixes
+from gemb.model.encoder import Attention, Block, Encoder, Mlp, mrl_prefixes
 from gemb.model.flops import encoder_flops
 from gemb.model.inputs import check_side
 from gemb.model.stems import PixelPatches
+from model_helpers import shared_tables, with_nonzero_shared_tables
 
 RNG = np.random.default_rng(0)
 
@@ -33,12 +34,13 @@ def video(frames):
 
 @pytest.fixture(scope="module")
 def cfg():
-  return get_model_config("tiny")
+  return common.model("tiny")
 
 
 @pytest.fixture(scope="module")
 def model(cfg):
-  return Encoder(cfg, rngs=nnx.Rngs(0))
+  # Shared tables as after training (they start at zero): a table read at a wrong index shows.
+  return with_nonzero_shared_tables(Encoder(cfg, rngs=nnx.Rngs(0)))
 
 
 @nnx.jit
@@ -91,6 +93,69 @@ def test_mlp_applies_the_same_two_layer_gelu_map_to_every_token(cfg):
   np.testing.assert_allclose(one_token[0, 0], want[1, 3], rtol=1e-4, atol=1e-5)
 
 
+def _layer_norm(x, scale, bias, eps=1e-6):
+  mean = x.mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(((x - mean) ** 2).mean(-1, keepdims=True) + eps) * scale + bias
+
+
+def _gelu(x):
+  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _randomise(module, rng):
+  """Every parameter (biases and norms too) to random values, so a misplaced one shows."""
+  for path, param in nnx.iter_graph(module):
+    if isinstance(param, nnx.Param):
+      param.set_value(rng.normal(0, 0.3, param.get_value().shape).astype(np.float32))
+  return module
+
+
+def _attention_reference(attention, x, mask):
+  """softmax(q k^T / sqrt(K) masked to real keys) v, then the output projection, in float64."""
+  get = lambda layer, name: np.asarray(getattr(layer, name).get_value(), np.float64)
+  q = np.einsum("bnd,dhk->bnhk", x, get(attention.query, "kernel")) + get(attention.query, "bias")
+  k = np.einsum("bnd,dhk->bnhk", x, get(attention.key, "kernel"))
+  v = np.einsum("bnd,dhk->bnhk", x, get(attention.value, "kernel")) + get(attention.value, "bias")
+  logits = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+  logits = np.where(mask[:, None, None, :], logits, -np.inf)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  attended = np.einsum("bhqs,bshk->bqhk", weights, v)
+  return np.einsum("bqhk,hkd->bqd", attended, get(attention.out, "kernel")) + get(attention.out,
+                                                                                     "bias")
+
+
+def test_attention_is_scaled_softmax_attention_over_real_keys(cfg):
+  rng = np.random.default_rng(3)
+  attention = _randomise(Attention(cfg, jnp.float32, rngs=nnx.Rngs(2)), rng)
+  x = rng.normal(size=(3, 6, cfg.width)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0]], bool)
+  got = np.asarray(attention(jnp.asarray(x), jnp.asarray(mask)))
+  np.testing.assert_allclose(got, _attention_reference(attention, x.astype(np.float64), mask),
+                             rtol=1e-4, atol=1e-4)
+  # Padding keys are ignored: changing them changes no output.
+  changed = x.copy()
+  changed[1, 2] += 5.0
+  np.testing.assert_allclose(np.asarray(attention(jnp.asarray(changed), jnp.asarray(mask)))[1, 0],
+                             got[1, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_block_is_pre_layer_norm_attention_then_mlp(cfg):
+  rng = np.random.default_rng(4)
+  block = _randomise(Block(cfg, jnp.float32, rngs=nnx.Rngs(5)), rng)
+  x = rng.normal(size=(2, 5, cfg.width)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  get = lambda module, name: np.asarray(getattr(module, name).get_value(), np.float64)
+  h = x.astype(np.float64)
+  norm = lambda layer, v: _layer_norm(v, get(layer, "scale"), get(layer, "bias"))
+  h = h + _attention_reference(block.attention, norm(block.attention_norm, h), mask)
+  up, down = block.mlp.up, block.mlp.down
+  h = h + _gelu(norm(block.mlp_norm, h) @ get(up, "kernel") + get(up, "bias")) @ get(
+      down, "kernel") + get(down, "bias")
+  got = np.asarray(block(jnp.asarray(x), jnp.asarray(mask), deterministic=True))
+  np.testing.assert_allclose(got, h, rtol=1e-4, atol=1e-4)
+
+
 def test_mrl_prefixes_are_renormalised_prefixes(cfg, model):
   embeddings = embed(model, pack_inputs(MIXED, layout(cfg, text=1, image=1, audio=1, video=1)))
   prefixes = mrl_prefixes(embeddings, cfg.mrl_dims)
@@ -117,7 +182,7 @@ def test_padding_does_not_change_embeddings(cfg, model):
 
 @pytest.fixture(scope="module")
 def conv_cfg():
-  c = get_model_config("tiny")
+  c = common.model("tiny")
   # Images: a stride-1 and two stride-2 convolutions, then 2x2 patches of 16 channels and the
   # patches' mean colour; video frames: their own two stride-2 convolutions.
   c.image_conv_channels, c.image_conv_strides = (8, 16, 16), (1, 2, 2)
@@ -128,7 +193,7 @@ def conv_cfg():
 
 @pytest.fixture(scope="module")
 def conv_model(conv_cfg):
-  return Encoder(conv_cfg, rngs=nnx.Rngs(0))
+  return with_nonzero_shared_tables(Encoder(conv_cfg, rngs=nnx.Rngs(0)))
 
 
 def test_pixel_patches_end_with_each_patch_mean_colour_times_the_gain(conv_cfg):
@@ -158,13 +223,11 @@ def test_conv_stem_padding_does_not_change_embeddings(conv_cfg, conv_model):
                              np.asarray(embed(conv_model, small_side))[0], atol=1e-6)
 
 
-def test_shared_embeddings_start_at_zero(model):
+def test_shared_embeddings_start_at_zero(cfg):
   # Position, modality and part embeddings are offsets shared by every input: they start at
   # zero so that inputs do not start as one embedding (gemb/model/stems.py).
-  tables = [model.part_embed] + [getattr(model.stems[m], name)
-                                 for m in ("text", "image", "audio", "video")
-                                 for name in vars(model.stems[m]) if "position" in name
-                                 or name == "modality"]
+  model = Encoder(cfg, rngs=nnx.Rngs(0))
+  tables = shared_tables(model)
   assert len(tables) == 13
   for table in tables:
     assert not np.any(table.get_value())
@@ -266,14 +329,14 @@ def test_empty_and_too_long_sides_are_rejected(cfg, model):
     ("patch_colour_gain", 0.1, "config.model.patch_colour_gain"),  # linear patches
 ])
 def test_bad_config_is_rejected_with_its_key(key, value, match):
-  bad = get_model_config("tiny")
+  bad = common.model("tiny")
   bad[key] = value
   with pytest.raises(ValueError, match=match):
     Encoder(bad, rngs=nnx.Rngs(0))
 
 
 def test_bfloat16_compute_is_close_to_float32(cfg, model):
-  bf16_cfg = get_model_config("tiny")
+  bf16_cfg = common.model("tiny")
   bf16_cfg.dtype = "bfloat16"
   bf16_model = Encoder(bf16_cfg, rngs=nnx.Rngs(1))
   nnx.update(bf16_model, nnx.state(model, nnx.Param))  # same float32 parameters
@@ -287,7 +350,7 @@ def test_bfloat16_compute_is_close_to_float32(cfg, model):
 
 
 def test_remat_gives_identical_outputs_and_finite_grads(cfg, model):
-  remat_cfg = get_model_config("tiny")
+  remat_cfg = common.model("tiny")
   remat_cfg.remat = True
   remat_model = Encoder(remat_cfg, rngs=nnx.Rngs(0))
   nnx.update(remat_model, nnx.state(model, nnx.Param))
@@ -309,7 +372,7 @@ def test_remat_gives_identical_outputs_and_finite_grads(cfg, model):
 
 
 def test_dropout_only_in_training(cfg, model):
-  drop_cfg = get_model_config("tiny")
+  drop_cfg = common.model("tiny")
   drop_cfg.dropout = 0.5
   drop_model = Encoder(drop_cfg, rngs=nnx.Rngs(0))
   nnx.update(drop_model, nnx.state(model, nnx.Param))
@@ -325,6 +388,82 @@ def test_dropout_only_in_training(cfg, model):
   assert np.abs(first - second).max() > 1e-3  # another key, another mask
   with pytest.raises(ValueError, match="dropout_key"):
     drop_model(side, deterministic=False)
+
+
+def test_remat_with_dropout_trains_and_matches_the_gradients_without_remat(cfg, model):
+  # The dropout keys enter the rematerialised blocks as arguments: the same key gives the same
+  # masks, recomputed or not.
+  models = []
+  for remat in (False, True):
+    c = common.model("tiny")
+    c.dropout, c.remat = 0.3, remat
+    m = Encoder(c, rngs=nnx.Rngs(0))
+    nnx.update(m, nnx.state(model, nnx.Param))
+    models.append(m)
+  side = pack_inputs([[text(7), image(8, 16)], [text(20)]], layout(cfg, text=1, image=1))
+  target = RNG.normal(size=(2, cfg.embed_dim)).astype(np.float32)
+
+  @nnx.jit
+  def value_and_grad(m, key):
+    loss = lambda m: (m(side, deterministic=False, dropout_key=key) * target).sum()
+    return nnx.value_and_grad(loss)(m)
+
+  (loss, grads), (remat_loss, remat_grads) = [value_and_grad(m, jax.random.key(3))
+                                              for m in models]
+  deterministic = (np.asarray(embed(models[0], side)) * target).sum()
+  assert abs(float(loss) - deterministic) > 1e-4  # dropout was applied
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  for g, rg in zip(jax.tree.leaves(grads), jax.tree.leaves(remat_grads)):
+    np.testing.assert_allclose(rg, g, rtol=1e-5, atol=1e-7)
+
+
+def _stacked(model):
+  """`model`'s parameters with its list of blocks stacked on a leading [depth] axis."""
+  state = nnx.state(model, nnx.Param).to_pure_dict()
+  blocks = [state["blocks"][i] for i in range(len(model.blocks))]
+  state["blocks"] = jax.tree.map(lambda *layers: np.stack(layers), *blocks)
+  return state
+
+
+@pytest.mark.parametrize("remat, dropout", [(False, 0.0), (True, 0.3)])
+def test_scanned_layers_equal_the_loop_over_blocks(cfg, model, remat, dropout):
+  c = common.model("tiny")
+  c.depth, c.scan_layers, c.remat, c.dropout = 3, True, remat, dropout
+  scanned = Encoder(c, rngs=nnx.Rngs(0))
+  loop_cfg = common.model("tiny")
+  loop_cfg.depth, loop_cfg.remat, loop_cfg.dropout = 3, remat, dropout
+  loop = with_nonzero_shared_tables(_randomise(Encoder(loop_cfg, rngs=nnx.Rngs(1)),
+                                               np.random.default_rng(6)))
+  assert scanned.blocks.mlp.up.kernel.get_value().shape == (3, c.width, 4 * c.width)
+  nnx.update(scanned, _stacked(loop))
+  side = pack_inputs(MIXED, layout(cfg, text=1, image=1, audio=1, video=1))
+  target = RNG.normal(size=(len(MIXED), cfg.embed_dim)).astype(np.float32)
+
+  @nnx.jit
+  def value_and_grad(m, key):
+    loss = lambda m: (m(side, deterministic=False, dropout_key=key) * target).sum()
+    return nnx.value_and_grad(loss)(m)
+
+  loss, grads = value_and_grad(loop, jax.random.key(4))
+  scanned_loss, scanned_grads = value_and_grad(scanned, jax.random.key(4))
+  np.testing.assert_allclose(scanned_loss, loss, rtol=1e-5)
+  want = jax.tree.map(
+      lambda *layers: np.stack(layers), *[grads["blocks"][i] for i in range(3)])
+  for g, sg in zip(jax.tree.leaves(want), jax.tree.leaves(scanned_grads["blocks"])):
+    np.testing.assert_allclose(sg, g, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(scanned_grads["part_embed"][...], grads["part_embed"][...],
+                             rtol=1e-4, atol=1e-6)
+
+
+def test_scanned_layers_are_sharded_by_the_rules_with_a_replicated_layer_axis():
+  from gemb import sharding
+  c = common.model("tiny")
+  c.depth, c.scan_layers = 2, True
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  model = sharding.create_sharded(lambda: Encoder(c, rngs=nnx.Rngs(0)), mesh)
+  kernel = model.blocks.mlp.up.kernel.get_value()
+  assert kernel.shape == (2, c.width, 4 * c.width)
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
 
 
 def _matmul_flops(jaxpr) -> int:
@@ -354,7 +493,7 @@ def test_flops_match_the_traced_matmuls(cfg, model):
   graphdef, state = nnx.split(model)
   jaxpr = jax.make_jaxpr(lambda st, s: nnx.merge(graphdef, st)(s))(state, side)
   assert encoder_flops(cfg, side) == _matmul_flops(jaxpr.jaxpr)
-  conv_cfg = get_model_config("tiny")
+  conv_cfg = common.model("tiny")
   conv_cfg.image_conv_channels = (8, 16, 24)
   graphdef, state = nnx.split(Encoder(conv_cfg, rngs=nnx.Rngs(0)))
   jaxpr = jax.make_jaxpr(lambda st, s: nnx.merge(graphdef, st)(s))(state, side)

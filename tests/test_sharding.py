@@ -5,10 +5,11 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from configs.model_presets import get_model_config
+from configs import common
 from gemb import sharding
 from gemb.data.packing import Layout, pack_inputs
 from gemb.model.encoder import Encoder
+from model_helpers import with_nonzero_shared_tables
 
 RNG = np.random.default_rng(0)
 
@@ -49,12 +50,12 @@ def test_rules_map_logical_names_to_mesh_axes():
 
 @pytest.fixture(scope="module")
 def cfg():
-  return get_model_config("tiny")
+  return common.model("tiny")
 
 
 @pytest.fixture(scope="module")
 def model(cfg):
-  return Encoder(cfg, rngs=nnx.Rngs(0))
+  return with_nonzero_shared_tables(Encoder(cfg, rngs=nnx.Rngs(0)))
 
 
 def test_param_shardings_follow_the_rules(cfg, model):

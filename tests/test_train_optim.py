@@ -12,10 +12,11 @@ PARAMS = {"encoder": {"blocks": {"0": {"kernel": jnp.ones((3, 4))}},
                       "final_norm": {"scale": jnp.ones((4,))},
                       "stems": {"text": {"positions": jnp.ones((5, 4))},
                                 "image": {"patch_embed": jnp.ones((6, 4))}},
-                      "projection": {"kernel": jnp.ones((4, 2))}},
+                      "projection": {"kernel": jnp.ones((4, 2))},
+                      "dense": {"layers": {"0": {"kernel": jnp.ones((4, 3))}}}},
           "log_temperature": jnp.zeros(())}
 BACKBONE = {("encoder", "blocks", "0", "kernel"), ("encoder", "final_norm", "scale"),
-            ("encoder", "stems", "text", "positions")}
+            ("encoder", "stems", "text", "positions"), ("encoder", "dense", "layers", "0", "kernel")}
 
 
 def _run(optim_cfg, steps):

@@ -177,6 +177,33 @@ def _prepare_dir(export_dir: str) -> None:
   os.makedirs(os.path.join(export_dir, serve_bundle.FUNCTIONS_DIR), exist_ok=True)
 
 
+def write_tokenizer(feature_cfg: features.FeatureConfig, export_dir: str) -> str:
+  """Writes config.model's tokenizer into the bundle; returns its file name there.
+
+  A SentencePiece model is copied as it is. A Hugging Face tokenizer (config.model.tokenizer
+  "hf:FOLDER") becomes a tokenizer.json that needs nothing else: the lowercasing its folder asks
+  for (sentence-transformers' do_lower_case) is a Lowercase normaliser in the file, and it
+  truncates to max_text_tokens, as serving builds it.
+  """
+  tokenizer = feature_cfg.text_tokenizer
+  if not isinstance(tokenizer, tokenizer_lib.HuggingFaceTokenizer):
+    shutil.copyfile(tokenizer.path, os.path.join(export_dir, serve_bundle.TOKENIZER))
+    return serve_bundle.TOKENIZER
+  if tokenizer.max_length != feature_cfg.max_text_tokens:
+    raise ValueError(f"tokenizer {feature_cfg.tokenizer!r} truncates to {tokenizer.max_length} "
+                     f"tokens, but config.model.max_text_tokens={feature_cfg.max_text_tokens}; a "
+                     "bundle's tokenizer truncates to max_text_tokens, so set it to "
+                     f"{tokenizer.max_length} (gemb.model.hf.encoder_config does)")
+  with open(tokenizer.path) as f:
+    spec = json.load(f)
+  if tokenizer.lowercase:
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [{"type": "Lowercase"}] + (
+        [spec["normalizer"]] if spec.get("normalizer") else [])}
+  with open(os.path.join(export_dir, serve_bundle.HF_TOKENIZER), "w") as f:
+    json.dump(spec, f, ensure_ascii=False)
+  return serve_bundle.HF_TOKENIZER
+
+
 def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, export_dir: str,
                   settings: Mapping[str, Any], source: str = "") -> dict[str, Any]:
   """Writes the bundle of an encoder built from `model_cfg` with `params`; returns its manifest.
@@ -213,9 +240,7 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
   feature_settings = {k: (list(v) if isinstance(v, tuple) else v)
                       for k, v in dataclasses.asdict(feature_cfg).items() if k != "truncate"}
   if feature_cfg.tokenizer not in ("", "bytes"):
-    shutil.copyfile(tokenizer_lib.resolve(feature_cfg.tokenizer),
-                    os.path.join(export_dir, serve_bundle.TOKENIZER))
-    feature_settings["tokenizer"] = serve_bundle.TOKENIZER
+    feature_settings["tokenizer"] = write_tokenizer(feature_cfg, export_dir)
   max_audio_samples = audio_lib.max_samples(
       model_cfg.max_audio_frames, feature_cfg.sample_rate, feature_cfg.audio_window_ms,
       feature_cfg.audio_hop_ms)

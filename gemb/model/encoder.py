@@ -4,7 +4,12 @@ Each modality's stem turns its part slots into tokens; every token also gets a l
 part-index embedding (its `*_part` value), and the token buffers of all modalities are
 concatenated into one sequence [B, N, D] with a padding mask. Under bidirectional attention
 and masked mean pooling the physical order of tokens does not matter; the part-index
-embedding carries the order of the parts in the input.
+embedding carries the order of the parts in the input. (A RoPE backbone is the exception:
+gemma numbers the real tokens in this concatenated order.)
+
+`config.model.backbone` picks the text stem and the blocks: gemb's own, or a pretrained
+family (bert, gemma) whose Hugging Face folder gemb/model/hf.py reads (`encoder_config`,
+`read_params`).
 
 Parameters stay float32; `config.model.dtype` sets the compute dtype of the transformer.
 Pooling, the projection and the normalisation run in float32.
@@ -16,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from gemb.model import inputs
+from gemb.model import bert, gemma, inputs
 from gemb.model.stems import STEMS, SHARED_INIT
 from gemb.sharding import constrain, logical_axes
 
@@ -29,7 +34,13 @@ def check_config(cfg) -> None:
     if not ok:
       raise ValueError(f"config.model.{key}={cfg.get(key)!r}: {why}")
   need(cfg.dtype in DTYPES, "dtype", f"must be one of {sorted(DTYPES)}")
-  need(cfg.width % cfg.num_heads == 0, "num_heads", f"must divide width={cfg.width}")
+  need(cfg.backbone in BACKBONES, "backbone", f"must be one of {sorted(BACKBONES)}")
+  if cfg.backbone == "gemma":
+    gemma.check_config(cfg)  # kv heads, head_dim, layer types, band
+    need(cfg.attention_impl == "xla", "attention_impl", "must be 'xla' for the gemma backbone "
+         "(its attention, with grouped kv heads and a local band, is its own)")
+  else:
+    need(cfg.width % cfg.num_heads == 0, "num_heads", f"must divide width={cfg.width}")
   p = cfg.patch_size
   need(all(s % p == 0 for s in cfg.max_image_size), "max_image_size",
        f"must be multiples of patch_size={p}")
@@ -44,7 +55,17 @@ def check_config(cfg) -> None:
   need(all(0 < d <= cfg.embed_dim for d in cfg.mrl_dims) and list(cfg.mrl_dims)
        == sorted(set(cfg.mrl_dims)), "mrl_dims",
        f"must be increasing dims in (0, embed_dim={cfg.embed_dim}]")
+  need(cfg.pooling in ("mean", "cls"), "pooling", "must be 'mean' or 'cls'")
+  dense_dims = tuple(cfg.dense_dims) if cfg.projection == "dense" else ()
+  need(cfg.projection == "linear"
+       or (cfg.projection == "identity" and cfg.embed_dim == cfg.width)
+       or (dense_dims and cfg.embed_dim == dense_dims[-1]), "projection",
+       f"must be 'linear', 'identity' with embed_dim == width ({cfg.width}), or 'dense' with "
+       f"embed_dim == dense_dims[-1] (dense_dims={dense_dims}: the Dense layers of a "
+       "sentence-transformers folder, set by gemb.model.hf.encoder_config)")
   need(0.0 <= cfg.dropout < 1.0, "dropout", "must lie in [0, 1)")
+  need(cfg.attention_impl in ("xla", "cudnn"), "attention_impl", "must be 'xla' or 'cudnn'")
+  need(isinstance(cfg.scan_layers, bool), "scan_layers", "must be True or False")
   for modality in ("image", "video"):
     channels = tuple(cfg.get(f"{modality}_conv_channels", ()) or ())
     strides = tuple(cfg.get(f"{modality}_conv_strides", ()) or ())
@@ -67,6 +88,7 @@ class Attention(nnx.Module):
   def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
     heads, head_dim = cfg.num_heads, cfg.width // cfg.num_heads
     self.dtype = dtype
+    self.implementation = None if cfg.attention_impl == "xla" else cfg.attention_impl
     qkv_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
                                                  in_axis=0, out_axis=(1, 2))
     out_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
@@ -92,13 +114,11 @@ class Attention(nnx.Module):
     q = constrain(self.query(x), head_spec)  # [B, N, H, K]
     k = constrain(self.key(x), head_spec)
     v = constrain(self.value(x), head_spec)
-    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
-                        preferred_element_type=jnp.float32)  # [B, H, N, N]
-    # A finite "minus infinity": a row whose keys are all padding becomes uniform, not NaN.
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v)  # [B, N, H, K]
+    # softmax(q k^T / sqrt(K)) v with f32 logits; padding keys get a large negative logit, so a
+    # row whose keys are all padding is uniform, not NaN. `attention_impl` 'cudnn' runs
+    # cuDNN's fused kernel on NVIDIA GPUs (bf16); 'xla' (the default) runs anywhere.
+    attended = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
+                                            implementation=self.implementation)
     return self.out(constrain(attended, head_spec))
 
 
@@ -147,6 +167,17 @@ class Block(nnx.Module):
     return constrain(x, ("batch", "length", None))
 
 
+# config.model.backbone -> (text stem, block, final norm or None), each built as f(cfg, dtype,
+# rngs); the other modalities' stems serve every backbone. A post-LN backbone (bert) ends
+# normalised. gemma's blocks also take RoPE positions and their layer index (Encoder.__call__).
+BACKBONES = {
+    "gemb": (STEMS["text"], Block, _layer_norm),
+    "bert": (bert.TextStem, bert.Block, None),
+    "gemma": (gemma.TextStem, gemma.Block,
+              lambda cfg, dtype, rngs: gemma.RMSNorm(cfg.width, cfg.rms_norm_eps, "embed")),
+}
+
+
 class Encoder(nnx.Module):
   """Embeds a packed side (gemb/data/packing.py) as float32 unit vectors [B, embed_dim]."""
 
@@ -154,15 +185,32 @@ class Encoder(nnx.Module):
     check_config(cfg)
     self.cfg = ml_collections.FrozenConfigDict(cfg)  # hashable: part of the static graph
     dtype = DTYPES[cfg.dtype]
-    self.stems = nnx.Dict({m: STEMS[m](cfg, dtype, rngs=rngs) for m in inputs.MODALITIES})
+    text_stem, block_class, final_norm = BACKBONES[cfg.backbone]
+    stems = {**STEMS, "text": text_stem}
+    self.stems = nnx.Dict({m: stems[m](cfg, dtype, rngs=rngs) for m in inputs.MODALITIES})
     self.part_embed = nnx.Param(SHARED_INIT(rngs.params(), (cfg.max_parts, cfg.width)),
                                 **logical_axes("parts", "embed"))
-    self.blocks = nnx.List([Block(cfg, dtype, rngs=rngs) for _ in range(cfg.depth)])
-    self.final_norm = _layer_norm(cfg, dtype, rngs)
+    if cfg.scan_layers:
+      # One Block whose parameters carry a leading [depth] axis (logical name "layers"), run
+      # by nnx.scan: one block is traced and compiled, whatever the depth.
+      @nnx.split_rngs(splits=cfg.depth)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def stacked_blocks(rngs):
+        return block_class(cfg, dtype, rngs=rngs)
+      self.blocks = stacked_blocks(rngs)
+    else:
+      self.blocks = nnx.List([block_class(cfg, dtype, rngs=rngs) for _ in range(cfg.depth)])
+    self.final_norm = final_norm(cfg, dtype, rngs) if final_norm else nnx.data(None)
     # No bias (as in CLIP): a shared offset would only pull every embedding towards one
     # direction, and the contrastive loss first falls by collapsing onto it.
-    self.projection = nnx.Linear(cfg.width, cfg.embed_dim, use_bias=False, rngs=rngs,
-                                 kernel_metadata=logical_axes("embed", "projection"))
+    # "identity": a backbone whose pooled output already is its embedding (a pretrained one).
+    self.projection = (nnx.Linear(cfg.width, cfg.embed_dim, use_bias=False, rngs=rngs,
+                                  kernel_metadata=logical_axes("embed", "projection"))
+                       if cfg.projection == "linear" else nnx.data(None))
+    # "dense": a sentence-transformers folder's Dense layers (EmbeddingGemma's 768 -> 3072 ->
+    # 768), where its embedders keep them, so that gemb.model.hf.read_params fills them.
+    self.dense = (bert.Dense(cfg.width, cfg, rngs=rngs) if cfg.projection == "dense"
+                  else nnx.data(None))
 
   def __call__(self, side: dict, *, deterministic: bool = True,
                dropout_key: jax.Array | None = None) -> jax.Array:
@@ -170,11 +218,9 @@ class Encoder(nnx.Module):
     draws the dropout masks: the model holds no RNG state, so a train step is a pure function of
     (params, batch, key) under any jax transform."""
     inputs.check_side(side, self.cfg)
-    rngs = None
-    if not deterministic and self.cfg.dropout > 0:
-      if dropout_key is None:
-        raise ValueError("Encoder: deterministic=False with dropout > 0 needs a dropout_key")
-      rngs = nnx.Rngs(dropout=dropout_key)
+    dropout = not deterministic and self.cfg.dropout > 0
+    if dropout and dropout_key is None:
+      raise ValueError("Encoder: deterministic=False with dropout > 0 needs a dropout_key")
     streams = [self.stems[m](side) for m in inputs.present_modalities(side)]
     x = jnp.concatenate([tokens for tokens, _, _ in streams], axis=1)  # [B, N, D]
     mask = jnp.concatenate([mask for _, mask, _ in streams], axis=1)  # [B, N]
@@ -182,18 +228,40 @@ class Encoder(nnx.Module):
     x = x + self.part_embed[...][jnp.clip(part, 0, self.cfg.max_parts - 1)].astype(x.dtype)
     x = constrain(x, ("batch", "length", None))
 
-    def apply_block(block, x, mask):
-      return block(x, mask, deterministic, rngs)
+    # One dropout key per block, passed in as an array: a remat'd function must not close
+    # over an nnx.Rngs (its counter would be mutated from inside the remat trace).
+    keys = jax.random.split(dropout_key, self.cfg.depth) if dropout else None  # [depth]
+    # RoPE (gemma) numbers the real tokens of the whole sequence 0, 1, ... in order, across
+    # part slots and modalities: one right-padded text gets 0..T-1, as transformers gives it.
+    positions = jnp.cumsum(mask, axis=1) - 1 if self.cfg.backbone == "gemma" else None  # [B, N]
+
+    def apply_block(block, x, mask, positions, key, layer):
+      rngs = None if key is None else nnx.Rngs(dropout=key)
+      if positions is None:
+        return block(x, mask, deterministic, rngs)
+      return block(x, mask, deterministic, rngs, positions, layer)
     if self.cfg.remat:
       apply_block = nnx.remat(apply_block)
-    for block in self.blocks:
-      x = apply_block(block, x, mask)
+    if self.cfg.scan_layers:  # the layer index is scanned too (gemma's RoPE base and band)
+      in_axes = (0, nnx.Carry, None, None, None if keys is None else 0, 0)
+      x = nnx.scan(apply_block, in_axes=in_axes, out_axes=nnx.Carry)(
+          self.blocks, x, mask, positions, keys, jnp.arange(self.cfg.depth))
+    else:
+      for i, block in enumerate(self.blocks):
+        x = apply_block(block, x, mask, positions, None if keys is None else keys[i], i)
 
-    x = self.final_norm(x).astype(jnp.float32)
+    if self.final_norm is not None:
+      x = self.final_norm(x)
+    x = x.astype(jnp.float32)
     weights = mask.astype(jnp.float32)[..., None]  # [B, N, 1]
     count = weights.sum(axis=1)  # [B, 1]
-    pooled = (x * weights).sum(axis=1) / jnp.maximum(count, 1.0)  # [B, D]
-    embeddings = l2_normalize(self.projection(pooled))  # [B, embed_dim]
+    pooled = (x[:, 0] if self.cfg.pooling == "cls"  # text slot 0's [CLS]
+              else (x * weights).sum(axis=1) / jnp.maximum(count, 1.0))  # [B, D]
+    if self.projection is not None:
+      pooled = self.projection(pooled)
+    if self.dense is not None:
+      pooled = self.dense(pooled)
+    embeddings = l2_normalize(pooled)  # [B, embed_dim]
     # An example with no parts at all (a padding row of an eval batch) embeds to zeros.
     return jnp.where(count > 0, embeddings, 0.0)
 

@@ -42,7 +42,14 @@ def encoder_flops(cfg, side_shapes: Mapping[str, Any]) -> int:
   if not counts:
     raise ValueError("encoder_flops: the side has no modality (no '*_part' key)")
   batch = shape_of(side_shapes[f"{next(iter(counts))}_part"])[0]
-  width, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
+  width = cfg.width
+  if cfg.backbone == "gemma":  # grouped kv heads of head_dim; a gated MLP (gate, up, down)
+    query_width, kv_width = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    hidden, mlp_matmuls = cfg.mlp_dim, 3
+  else:
+    query_width = kv_width = width
+    hidden = cfg.mlp_dim if cfg.backbone == "bert" else int(cfg.width * cfg.mlp_ratio)
+    mlp_matmuls = 2
   length = sum(slots * tokens for slots, tokens in counts.values())  # N
   frames = {"image": 1, "video": cfg.tubelet_frames}  # frames per token that the convs see
 
@@ -52,9 +59,11 @@ def encoder_flops(cfg, side_shapes: Mapping[str, Any]) -> int:
 
   stems = sum(batch * slots * tokens * per_token(m) for m, (slots, tokens) in counts.items())
   per_block = (
-      4 * 2 * batch * length * width * width    # query, key, value and output projections
-      + 2 * 2 * batch * length * length * width  # logits and weighted sum of values
-      + 2 * 2 * batch * length * width * hidden  # MLP up and down
+      2 * 2 * batch * length * width * (query_width + kv_width)  # q, k, v, output projections
+      + 2 * 2 * batch * length * length * query_width  # logits and weighted sum of values
+      + mlp_matmuls * 2 * batch * length * width * hidden  # MLP
   )
-  projection = 2 * batch * width * cfg.embed_dim
+  dims = {"linear": (width, cfg.embed_dim), "identity": ()}.get(cfg.projection)
+  dims = (width, *cfg.dense_dims) if dims is None else dims  # "dense": the folder's layers
+  projection = sum(2 * batch * n_in * n_out for n_in, n_out in zip(dims, dims[1:]))
   return stems + cfg.depth * per_block + projection

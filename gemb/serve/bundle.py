@@ -9,6 +9,8 @@ A bundle (written by gemb/export/bundle.py) is a folder:
                              "text", "image+text": f(weights, side) -> [B, embed_dim] unit rows,
                              with a symbolic batch size and symbolic part-slot counts
   tokenizer.model            only for a SentencePiece tokenizer (byte-level needs no file)
+  tokenizer.json             only for a Hugging Face tokenizer (config.model.tokenizer "hf:..."):
+                             the checkpoint's tokenizer.json, lowercasing included, by itself
 
 The weights are an argument of the functions, not constants in them: every function shares the
 one weights.npz (15 modality sets would otherwise hold 15 copies), the file can be read and
@@ -38,6 +40,7 @@ MANIFEST = "manifest.json"
 WEIGHTS = "weights.npz"
 FUNCTIONS_DIR = "functions"
 TOKENIZER = "tokenizer.model"
+HF_TOKENIZER = "tokenizer.json"
 MODALITIES = packing.MODALITIES
 
 

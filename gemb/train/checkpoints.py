@@ -35,8 +35,9 @@ def make_manager(directory: str, every: int, keep: int, async_save: bool = True
 
 
 # The encoder's params apart from the rest of the train state, so that soups, evaluation, export
-# and "start from this checkpoint" read the encoder alone, whatever optimizer trained it.
-ITEMS = ("params", "train", "data")
+# and "start from this checkpoint" read the encoder alone, whatever optimizer trained it; the
+# loss's own parameters apart too, so that the next stage starts from its learned temperature.
+ITEMS = ("params", "loss", "train", "data")
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dict,
@@ -53,22 +54,39 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, data_state: dic
   if before_save is not None:
     before_save()
   train = {k: v for k, v in state.items() if k != "params"}
-  train["loss_params"] = {k: v for k, v in state["params"].items() if k != "encoder"}
-  return manager.save(step, force=True, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state["params"]["encoder"]),
-      train=ocp.args.StandardSave(train), data=ocp.args.JsonSave(data_state)))
+  loss = {k: v for k, v in state["params"].items() if k != "encoder"}
+  items = dict(params=ocp.args.StandardSave(state["params"]["encoder"]),
+               data=ocp.args.JsonSave(data_state))
+  if jax.tree.leaves(train):  # a soup or a converted checkpoint has params alone
+    items["train"] = ocp.args.StandardSave(train)
+  if loss:  # the learned temperature (and SigLIP bias): a later stage starts from them
+    items["loss"] = ocp.args.StandardSave(loss)
+  return manager.save(step, force=True, args=ocp.args.Composite(**items))
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict) -> tuple[dict, dict]:
   """Restores (state, data_state) of `step` into the shardings of `abstract_state`."""
   train = {k: v for k, v in abstract_state.items() if k != "params"}
-  train["loss_params"] = {k: v for k, v in abstract_state["params"].items() if k != "encoder"}
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_state["params"]["encoder"]),
-      train=ocp.args.StandardRestore(train), data=ocp.args.JsonRestore()))
-  train = dict(restored.train)
-  params = {"encoder": restored.params, **train.pop("loss_params")}
-  return {"params": params, **train}, restored.data
+  loss = {k: v for k, v in abstract_state["params"].items() if k != "encoder"}
+  items = dict(params=ocp.args.StandardRestore(abstract_state["params"]["encoder"]),
+               train=ocp.args.StandardRestore(train), data=ocp.args.JsonRestore())
+  if loss:
+    items["loss"] = ocp.args.StandardRestore(loss)
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  params = {"encoder": restored.params, **(dict(restored.loss) if loss else {})}
+  return {"params": params, **dict(restored.train)}, restored.data
+
+
+def load_loss_params(path: str, abstract: dict) -> dict:
+  """The loss parameters (log_temperature, bias) that the checkpoint step folder `path` saved,
+  restored into the shardings of `abstract`; {} when it has none or other ones."""
+  item = os.path.join(path, "loss")
+  if not abstract or not os.path.isdir(item):
+    return {}
+  try:
+    return dict(ocp.StandardCheckpointer().restore(item, abstract))
+  except (ValueError, KeyError):  # another loss's parameters: start from the config's
+    return {}
 
 
 def resolve(reference: str, workdir: str) -> str:
@@ -76,7 +94,13 @@ def resolve(reference: str, workdir: str) -> str:
 
   `reference` is `<stage>` (its latest step in this workdir), `<stage>:<step>`, or a path to a
   step folder (`.../checkpoints/<step>`) or to a stage's checkpoints folder (its latest step).
+  `hf:FOLDER` (a Hugging Face model folder, for `load_encoder`) comes back as it is.
   """
+  if reference.startswith("hf:"):
+    if not os.path.isfile(os.path.join(reference[len("hf:"):], "config.json")):
+      raise FileNotFoundError(f"checkpoint {reference!r}: {reference[len('hf:'):]!r} is not a "
+                              "Hugging Face model folder (no config.json)")
+    return reference
   if os.path.sep in reference or os.path.isdir(reference):
     path = os.path.abspath(reference)
     if os.path.isdir(os.path.join(path, "params")):
@@ -120,13 +144,21 @@ def load_encoder(model_cfg, mesh, path: str | None = None, seed: int = 0) -> tup
   """(graphdef, encoder params, rest) of an encoder built from `model_cfg`, sharded on `mesh`.
 
   path=None: a random init born sharded, the parameters of `Encoder(model_cfg,
-  rngs=nnx.Rngs(seed))`. Otherwise the params of the checkpoint step folder `path`, restored
-  from abstract shapes straight into their shardings: no random init is computed.
+  rngs=nnx.Rngs(seed))`. "hf:FOLDER": that random init with every parameter a Hugging Face
+  checkpoint has (the backbone: config.model from gemb.model.hf.encoder_config) read into its
+  sharding; new stems, the part table and the projection keep their init. Otherwise the params
+  of the checkpoint step folder `path`, restored from abstract shapes straight into their
+  shardings: no random init is computed.
   """
   graphdef, (abstract_params, abstract_rest), init = _encoder_on_mesh(
       ml_collections.FrozenConfigDict(model_cfg), mesh)
-  if path is None:
+  if path is None or path.startswith("hf:"):
     params, rest = init(jax.random.key(seed))
+    if path is not None:
+      from gemb.model import hf  # pylint: disable=g-import-not-at-top  (safetensors, only here)
+      pretrained = hf.read_params(path[len("hf:"):], abstract_params, mesh)
+      params = nnx.from_flat_state([(p, v.replace(pretrained[p]) if p in pretrained else v)
+                                    for p, v in nnx.to_flat_state(params)])
     return graphdef, params, rest
   if jax.tree.leaves(abstract_rest):
     raise ValueError("a checkpoint holds only the encoder's nnx.Params; this config.model's "

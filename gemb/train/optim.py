@@ -28,9 +28,10 @@ def decay_mask(params):
 
 def is_backbone(path) -> bool:
   """Whether the parameter at `path` (a params-tree key path) belongs to the shared backbone: the
-  encoder's text stem, blocks and final norm, the parts a pretrained checkpoint provides."""
+  encoder's text stem, blocks, final norm and Dense head (projection="dense"), the parts a
+  pretrained checkpoint provides."""
   names = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-  return names[:1] == ["encoder"] and (names[1:2] in (["blocks"], ["final_norm"])
+  return names[:1] == ["encoder"] and (names[1:2] in (["blocks"], ["final_norm"], ["dense"])
                                        or names[1:3] == ["stems", "text"])
 
 

@@ -65,14 +65,16 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
   source = None  # where the encoder starts: a random init, or a checkpoint restored into it
   if start is None and stage.get("init", "random") != "random":
     source = previous if stage.init == "previous" else checkpoints.resolve(stage.init, workdir)
-    logging.info("stage %s: starting from %s", name, source)
+    if jax.process_index() == 0:
+      print(f"[{name}] starting from {source}", flush=True)
   graphdef, state, train_step = init_train_state(config, name, mesh, source)
   teachers = teachers_lib.from_config(stage.distill.teachers, mesh) if "distill" in stage else {}
   data = pipeline.train_iterator(config, name)
   if start is not None:
     state, data_state = checkpoints.restore(manager, start, sharding.abstract_like(state))
     data.set_state(data_state)
-    logging.info("stage %s: resuming at step %d", name, start)
+    if jax.process_index() == 0:
+      print(f"[{name}] resuming at step {start}", flush=True)
   start = start or 0
 
   is_main = jax.process_index() == 0
@@ -117,7 +119,8 @@ def train_stage(config: ConfigDict, workdir: str, name: str, mesh, writer, peak_
 def init_train_state(config: ConfigDict, name: str, mesh, encoder_path: str | None = None):
   """(graphdef, initial train state placed on `mesh`, step function) of training stage `name`.
 
-  The encoder is a random init, or the checkpoint `encoder_path` loaded into it. The state is
+  The encoder is a random init, or the checkpoint `encoder_path` loaded into it; with
+  init="previous" the loss's learned parameters (temperature, SigLIP bias) carry on too. The state is
   {"params", "rest", "opt_state", "step", "rng"} (see gemb/train/step.py); the step function
   maps (state, global batch) -> (state, metrics) and donates the state.
   """
@@ -127,6 +130,9 @@ def init_train_state(config: ConfigDict, name: str, mesh, encoder_path: str | No
   graphdef, encoder, rest = checkpoints.load_encoder(config.model, mesh, encoder_path,
                                                      seed=config.seed)
   params = {"encoder": encoder, **loss_params(loss_cfg, mesh)}
+  if stage.get("init") == "previous" and encoder_path:  # the learned temperature carries on
+    params.update(checkpoints.load_loss_params(
+        encoder_path, sharding.abstract_like({k: v for k, v in params.items() if k != "encoder"})))
   state = {"params": params, "rest": rest, "opt_state": tx.init(params),
            "step": jnp.zeros((), jnp.int32),
            "rng": jax.random.PRNGKey(stage.get("seed", config.seed))}
