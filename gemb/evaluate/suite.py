@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
 
@@ -18,11 +18,15 @@ def build(evals: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any],
 
 
 def run(evals: Mapping[str, Mapping[str, Any]], evaluators: Mapping[str, object],
-        embed_fn: EmbedFn) -> dict[str, float]:
-  """Runs `build`'s evaluators: {"<entry's dataset>/<name>/<metric>": float}, in order."""
+        embed_fn: EmbedFn, progress: Callable[[int, int, str], None] | None = None
+        ) -> dict[str, float]:
+  """Runs `build`'s evaluators: {"<entry's dataset>/<name>/<metric>": float}, in order;
+  `progress(done, total, name)` is called after each one."""
   results = {}
-  for name, evaluator in evaluators.items():
+  for i, (name, evaluator) in enumerate(evaluators.items()):
     results.update(run_suite(evals[name]["dataset"], {name: evaluator}, embed_fn))
+    if progress is not None:
+      progress(i + 1, len(evaluators), name)
   return results
 
 

@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import jaxlib
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 from jax import export as jax_export
 
@@ -224,7 +223,8 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
   _prepare_dir(export_dir)
 
   functions = []
-  for mods in modality_sets(model_cfg, settings["modality_sets"]):
+  sets = modality_sets(model_cfg, settings["modality_sets"])
+  for mods in sets:
     exported = jax_export.export(embed, platforms=tuple(settings["platforms"]))(
         weight_spec, side_spec(model_cfg, mods))
     file = os.path.join(serve_bundle.FUNCTIONS_DIR,
@@ -234,7 +234,7 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
     functions.append({"modalities": list(mods), "file": file,
                       "inputs": [str(a) for a in exported.in_avals[len(weights):]],
                       "calling_convention_version": exported.calling_convention_version})
-    logging.info("exported %s", file)
+    print(f"[export] {len(functions)}/{len(sets)} {file}", flush=True)
   np.savez(os.path.join(export_dir, serve_bundle.WEIGHTS), **weights)
 
   feature_settings = {k: (list(v) if isinstance(v, tuple) else v)
@@ -275,8 +275,8 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
   with open(partial, "w") as f:
     json.dump(manifest, f, indent=2, default=lambda x: list(x) if isinstance(x, tuple) else str(x))
   os.replace(partial, os.path.join(export_dir, serve_bundle.MANIFEST))  # the bundle is complete
-  logging.info("wrote bundle %s (%d functions) in %.1f s", export_dir, len(functions),
-               time.perf_counter() - start)
+  print(f"[export] wrote {export_dir} ({len(functions)} functions) in "
+        f"{time.perf_counter() - start:.1f} s", flush=True)
   return manifest
 
 

@@ -8,12 +8,15 @@ also written to metrics.jsonl, and printed as a table.
 """
 from __future__ import annotations
 
+import sys
+import time
+
 import jax
 from ml_collections import ConfigDict
 
 from gemb.embed import make_embed_fn
 from gemb.evaluate import report, suite as suite_lib
-from gemb.train import config_check
+from gemb.train import config_check, metrics as metrics_lib
 
 _EVALUATORS = {}
 # The printed table; eval/<name>.json holds every metric (MRL prefixes, quantised, reverse).
@@ -41,8 +44,16 @@ def run(config: ConfigDict, workdir: str, graphdef, encoder_params, rest, mesh, 
     return {}
   evaluators = build_evaluators(config)
   embed_fn = make_embed_fn(config.model, graphdef, encoder_params, rest, mesh)
-  results = suite_lib.run(config.evals, evaluators, embed_fn)
+  start = time.perf_counter()
+  show = jax.process_index() == 0 and sys.stdout.isatty()
+
+  def progress(done: int, total: int, evaluator: str) -> None:  # one line, rewritten in place
+    if show:
+      print(f"\r[eval {name}] {done}/{total} {evaluator:<40.40}", end="", flush=True)
+  results = suite_lib.run(config.evals, evaluators, embed_fn, progress)
   if jax.process_index() == 0:
+    print(("\r" if show else "") + f"[eval {name}] {len(evaluators)} evaluators in "
+          f"{metrics_lib.duration(time.perf_counter() - start)}" + " " * 30, flush=True)
     report.write_json(results, workdir, name)
     title = f"evaluation {name}" + (f" ({checkpoint})" if checkpoint else "")
     table = report.markdown_table(results, columns=TABLE_COLUMNS, print_fn=None)
