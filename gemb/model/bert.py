@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from gemb.model.attention import Attention
 from gemb.model.stems import _flatten
 from gemb.sharding import constrain, logical_axes
 
@@ -67,37 +68,6 @@ class TextStem(nnx.Module):
     return _flatten(self.embed(tokens), mask, part)
 
 
-class Attention(nnx.Module):
-  """Bidirectional multi-head self-attention that ignores padding keys (encoder.Attention's
-  parameter layout, plus the key bias that checkpoints carry)."""
-
-  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
-    heads, head_dim = cfg.num_heads, cfg.width // cfg.num_heads
-    impl = cfg.get("attention_impl", "xla")
-    self.implementation = None if impl == "xla" else impl
-
-    def projection():  # [B, T, D] -> [B, T, H, K]
-      return nnx.Einsum("btd,dhk->bthk", (cfg.width, heads, head_dim), (heads, head_dim),
-                        dtype=dtype, kernel_init=INIT, rngs=rngs,
-                        kernel_metadata=logical_axes("embed", "heads", "kv"),
-                        bias_metadata=logical_axes("heads", "kv"))
-    self.query, self.key, self.value = projection(), projection(), projection()
-    self.out = nnx.Einsum("bthk,hkd->btd", (heads, head_dim, cfg.width), (cfg.width,),
-                          dtype=dtype, kernel_init=INIT, rngs=rngs,
-                          kernel_metadata=logical_axes("heads", "kv", "embed"),
-                          bias_metadata=logical_axes("embed"))
-
-  def __call__(self, x, mask):
-    # x [B, T, D], mask [B, T]
-    head_spec = ("batch", "length", "heads", "kv")
-    q = constrain(self.query(x), head_spec)  # [B, T, H, K]
-    k = constrain(self.key(x), head_spec)
-    v = constrain(self.value(x), head_spec)
-    attended = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
-                                            implementation=self.implementation)
-    return self.out(constrain(attended, head_spec))
-
-
 class Mlp(nnx.Module):
   """D -> mlp_dim -> D with BERT's GELU (exact erf unless cfg.gelu_approximate)."""
 
@@ -122,7 +92,7 @@ class Block(nnx.Module):
   Called as encoder.Block is."""
 
   def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
-    self.attention = Attention(cfg, dtype, rngs=rngs)
+    self.attention = Attention(cfg, dtype, key_bias=True, qkv_init=INIT, out_init=INIT, rngs=rngs)
     self.attention_norm = _layer_norm(cfg, dtype, rngs)
     self.mlp = Mlp(cfg, dtype, rngs=rngs)
     self.mlp_norm = _layer_norm(cfg, dtype, rngs)

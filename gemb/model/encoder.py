@@ -22,6 +22,7 @@ import ml_collections
 from flax import nnx
 
 from gemb.model import bert, gemma, inputs
+from gemb.model.attention import Attention
 from gemb.model.stems import STEMS, SHARED_INIT
 from gemb.sharding import constrain, logical_axes
 
@@ -80,46 +81,6 @@ def check_config(cfg) -> None:
   gain = cfg.get("patch_colour_gain", 0.0)
   need(gain >= 0 and (not gain or cfg.get("image_conv_channels", ())), "patch_colour_gain",
        "must be >= 0, and > 0 only with image_conv_channels (linear patches hold the pixels)")
-
-
-class Attention(nnx.Module):
-  """Bidirectional multi-head self-attention that ignores padding keys."""
-
-  def __init__(self, cfg, dtype, *, rngs: nnx.Rngs):
-    heads, head_dim = cfg.num_heads, cfg.width // cfg.num_heads
-    self.dtype = dtype
-    self.implementation = None if cfg.attention_impl == "xla" else cfg.attention_impl
-    qkv_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                                 in_axis=0, out_axis=(1, 2))
-    out_init = nnx.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
-                                                 in_axis=(0, 1), out_axis=2)
-
-    def projection(bias: bool = True):  # [B, N, D] -> [B, N, H, K]
-      return nnx.Einsum("bnd,dhk->bnhk", (cfg.width, heads, head_dim),
-                        (heads, head_dim) if bias else None,
-                        dtype=dtype, kernel_init=qkv_init, rngs=rngs,
-                        kernel_metadata=logical_axes("embed", "heads", "kv"),
-                        bias_metadata=logical_axes("heads", "kv"))
-    # No key bias: it adds the same q.b to every logit of a query's row, which the softmax
-    # ignores, so its gradient is zero and an optimizer would only amplify rounding noise.
-    self.query, self.key, self.value = projection(), projection(bias=False), projection()
-    self.out = nnx.Einsum("bnhk,hkd->bnd", (heads, head_dim, cfg.width), (cfg.width,),
-                          dtype=dtype, kernel_init=out_init, rngs=rngs,
-                          kernel_metadata=logical_axes("heads", "kv", "embed"),
-                          bias_metadata=logical_axes("embed"))
-
-  def __call__(self, x, mask):
-    # x [B, N, D], mask [B, N]
-    head_spec = ("batch", "length", "heads", "kv")
-    q = constrain(self.query(x), head_spec)  # [B, N, H, K]
-    k = constrain(self.key(x), head_spec)
-    v = constrain(self.value(x), head_spec)
-    # softmax(q k^T / sqrt(K)) v with f32 logits; padding keys get a large negative logit, so a
-    # row whose keys are all padding is uniform, not NaN. `attention_impl` 'cudnn' runs
-    # cuDNN's fused kernel on NVIDIA GPUs (bf16); 'xla' (the default) runs anywhere.
-    attended = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :],
-                                            implementation=self.implementation)
-    return self.out(constrain(attended, head_spec))
 
 
 class Mlp(nnx.Module):
@@ -275,5 +236,6 @@ def mrl_prefixes(embeddings: jax.Array, dims) -> list[jax.Array]:
   """Matryoshka prefixes: for each d in `dims`, the first d coordinates re-normalised [B, d]."""
   for d in dims:
     if not 0 < d <= embeddings.shape[-1]:
-      raise ValueError(f"MRL dim {d} is outside (0, {embeddings.shape[-1]}] (config.model.mrl_dims)")
+      raise ValueError(f"MRL dim {d} is outside (0, {embeddings.shape[-1]}] "
+                       "(config.model.mrl_dims)")
   return [l2_normalize(embeddings[..., :d]) for d in dims]
