@@ -33,7 +33,7 @@ def get_config(arg: str = "B"):
   # A TFDS task instead: its entry in config.data.tfds, and source="tfds" in its mixture entry.
   c.data = common.data(source="manifest", manifest="REPLACE_ME/train.jsonl", worker_count=8,
                        task_string_dropout=0.1)  # some queries without their task string
-  # Blockwise loss: memory O(B_local x 4096) at these batch sizes.
+  # Blockwise loss: memory O(B_local x 4096) at these batch sizes (fine-tuning: 512 below).
   c.loss = common.loss(type="nce", temperature=0.05, learn_temperature=True, block_size=4096)
   c.optim = common.optim(lr=lr, warmup_steps=2000)
   c.checkpoint = common.checkpoint(every=1000, keep=3)
@@ -50,6 +50,7 @@ def get_config(arg: str = "B"):
   c.stages.finetune = dict(
       type="train", steps=10_000, init="previous", hard_negatives=True, eval_every=5000,
       optim={"lr": lr / 2, "warmup_steps": 50},
+      loss={"block_size": 512},  # must divide the smaller fine-tuning batches (1024 / 2048)
       mixture=common.mixture(tasks, batch_size=finetune_batch))
   c.stages.soup = dict(type="soup", weights=None,
                        ingredients=("finetune:10000", "finetune:9000", "finetune:8000"))

@@ -140,6 +140,12 @@ def _encoder_on_mesh(model_cfg: ml_collections.FrozenConfigDict, mesh):
   return graphdef, abstract, init
 
 
+def abstract_encoder(model_cfg, mesh) -> tuple[Any, Any, Any]:
+  """(graphdef, encoder params, rest) as ShapeDtypeStructs with their shardings on `mesh`."""
+  graphdef, (params, rest), _ = _encoder_on_mesh(ml_collections.FrozenConfigDict(model_cfg), mesh)
+  return graphdef, params, rest
+
+
 def load_encoder(model_cfg, mesh, path: str | None = None, seed: int = 0) -> tuple[Any, Any, Any]:
   """(graphdef, encoder params, rest) of an encoder built from `model_cfg`, sharded on `mesh`.
 

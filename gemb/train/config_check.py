@@ -238,7 +238,13 @@ def check(config: ConfigDict, device_count: int, process_count: int = 1,
       elif init == "previous" and not seen:
         raise ConfigError(f"{where}.init='previous' but {name!r} is the first stage")
       mixture(stage.get("mixture"), f"{where}.mixture", batch_shards, process_count)
+      block_size = int((stage.get("loss") or {}).get("block_size", config.loss.block_size) or 0)
       for task in stage.mixture:
+        batch = int(stage.mixture[task].batch_size)
+        if block_size and batch % block_size:  # the loss walks the gathered batch in blocks
+          raise ConfigError(f"{where}.mixture.{task}.batch_size={batch} is not a multiple of the "
+                            f"loss block_size {block_size} (config.loss.block_size, or "
+                            f"{where}.loss.block_size for this stage)")
         if known_tasks is not None and task not in known_tasks:
           raise ConfigError(f"{where}.mixture names unknown task {task!r}; "
                             f"known: {sorted(known_tasks)}")
