@@ -8,10 +8,12 @@ import sys
 import textwrap
 
 import ml_collections
+import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
+from safetensors import safe_open
 from scipy.io import wavfile
 
 from configs import common
@@ -19,6 +21,7 @@ from gemb.data import features
 from gemb.data import tokenizer as tokenizer_lib
 from gemb.export import bundle as export_bundle
 from gemb.model.encoder import mrl_prefixes
+from gemb.serve import bundle as serve_bundle
 from gemb.train import checkpoints
 from serve_helpers import random_encoder
 
@@ -93,7 +96,8 @@ STANDALONE = textwrap.dedent("""
     full = embedder.embed(inputs)
     prefix = embedder.embed(inputs, mrl_dim=16)
     task = embedder.embed(inputs[:1], task_string="find the image")
-    forbidden = sorted(m for m in sys.modules if m.split(".")[0] in ("flax", "optax", "orbax")
+    forbidden = sorted(m for m in sys.modules
+                       if m.split(".")[0] in ("flax", "optax", "orbax", "torch")
                        or m.startswith(("gemb.model", "gemb.train", "gemb.export")))
     assert not forbidden, forbidden
     np.savez(sys.argv[3], full=full, prefix=prefix, task=task)
@@ -143,9 +147,86 @@ def test_manifest_describes_the_model_limits_and_functions(exported):
   for function in manifest["functions"]:
     assert os.path.exists(os.path.join(export_dir, function["file"]))
     assert all(shape.split("[")[1].startswith("batch,") for shape in function["inputs"])
-  with np.load(os.path.join(export_dir, "weights.npz")) as weights:
-    assert sum(weights[k].size for k in weights.files) == manifest["model"]["parameters"]
+  assert manifest["format_version"] == 2
+  assert manifest["weights"] == {"file": "weights.safetensors", "format": "safetensors"}
+  with safe_open(os.path.join(export_dir, "weights.safetensors"), framework="numpy") as weights:
+    assert sum(weights.get_tensor(k).size for k in weights.keys()) == (
+        manifest["model"]["parameters"])
   assert {"jax", "numpy", "flax"} <= set(manifest["versions"])
+
+
+def test_weights_are_a_safetensors_file_with_every_parameter_of_the_encoder(exported):
+  _, encoder, export_dir, _ = exported
+  _, params, _ = nnx.split(encoder, nnx.Param, ...)
+  expected = {"/".join(map(str, path)): np.asarray(value.get_value())
+              for path, value in nnx.to_flat_state(params)}
+  with safe_open(os.path.join(export_dir, "weights.safetensors"), framework="numpy") as weights:
+    assert sorted(weights.keys()) == sorted(expected)
+    for name, value in expected.items():
+      np.testing.assert_array_equal(weights.get_tensor(name), value, err_msg=name)
+      assert weights.get_tensor(name).dtype == value.dtype, name
+
+
+def test_weights_keep_their_dtype_bfloat16_included(tmp_path):
+  weights = {"blocks/0/mlp/up/kernel": np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4),
+             "blocks/0/norm/scale": np.arange(4).astype(ml_dtypes.bfloat16),
+             "temperature": np.array(0.07, np.float32)}
+  entry = export_bundle.write_weights(weights, str(tmp_path))
+  read = serve_bundle.read_weights(str(tmp_path), {"weights": entry})
+  assert sorted(read) == sorted(weights)
+  for name, value in weights.items():
+    assert (read[name].dtype, read[name].shape) == (value.dtype, value.shape), name
+    np.testing.assert_array_equal(read[name], value, err_msg=name)
+
+
+def _as_format_version_1(export_dir, folder):
+  """A copy of the bundle as the format_version 1 writer left it: np.savez(weights.npz, **weights)
+  and a manifest without a "weights" entry."""
+  shutil.copytree(export_dir, folder)
+  manifest = serve_bundle.read_manifest(folder)
+  np.savez(os.path.join(folder, "weights.npz"), **serve_bundle.read_weights(folder, manifest))
+  os.remove(os.path.join(folder, "weights.safetensors"))
+  del manifest["weights"]
+  manifest["format_version"] = 1
+  with open(os.path.join(folder, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+  return folder
+
+
+def test_a_format_version_1_bundle_with_weights_npz_still_embeds_as_the_framework(exported):
+  config, encoder, export_dir, tmp = exported
+  old = _as_format_version_1(export_dir, str(tmp / "bundle_v1"))
+  inputs = [[{"text": "a red circle"}], [{"text": "a blue square"}, {"text": "and a caption"}]]
+  np.testing.assert_allclose(serve_bundle.load(old).embed(inputs),
+                             _framework_embeddings(encoder, config.model, inputs),
+                             rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("version, file", [(2, "weights.safetensors"), (1, "weights.npz")])
+def test_a_bundle_without_its_weights_file_is_an_error_naming_it(exported, tmp_path, version,
+                                                                  file):
+  _, _, export_dir, _ = exported
+  folder = str(tmp_path / "bundle")
+  if version == 1:
+    _as_format_version_1(export_dir, folder)
+  else:
+    shutil.copytree(export_dir, folder)
+  os.remove(os.path.join(folder, file))
+  with pytest.raises(FileNotFoundError, match=f"weights file .*{file} is missing; re-export"):
+    serve_bundle.load(folder)
+
+
+def test_weights_that_do_not_fit_the_functions_are_refused_naming_the_parameter(exported,
+                                                                                 tmp_path):
+  _, _, export_dir, _ = exported
+  folder = str(tmp_path / "bundle")
+  shutil.copytree(export_dir, folder)
+  weights = serve_bundle.read_weights(folder, serve_bundle.read_manifest(folder))
+  dropped = sorted(weights)[0]
+  del weights[dropped]
+  export_bundle.write_weights(weights, folder)
+  with pytest.raises(ValueError, match=f"do not fit .*missing \\['{dropped}'\\]"):
+    serve_bundle.load(folder)
 
 
 def test_export_refuses_params_of_another_model(exported, tmp_path):

@@ -8,7 +8,7 @@ a packed side holds only the arrays of the modalities present, so each set is it
 In each, the batch size and the number of part slots of every modality are symbolic, so one
 serialization serves any batch and any number of parts; the buffers of one part slot are fixed
 at the config limits (max_text_tokens, max_image_size, ...), exactly as the training layouts
-pad them. Parameters are an argument, saved once in weights.npz.
+pad them. Parameters are an argument, saved once in weights.safetensors.
 
 Settings come from `config.export` (serving-side limits that the model config does not hold;
 configs/common.py's `export()` has every key and its default).
@@ -34,6 +34,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 from jax import export as jax_export
+from safetensors import numpy as safetensors_np
 
 from gemb import sharding
 from gemb.data import audio as audio_lib
@@ -173,7 +174,16 @@ def _prepare_dir(export_dir: str) -> None:
                             "choose a new folder")
     os.remove(os.path.join(export_dir, serve_bundle.MANIFEST))  # no half-new bundle looks valid
     shutil.rmtree(os.path.join(export_dir, serve_bundle.FUNCTIONS_DIR), ignore_errors=True)
+    if os.path.exists(os.path.join(export_dir, serve_bundle.NPZ_WEIGHTS)):  # a version 1 bundle
+      os.remove(os.path.join(export_dir, serve_bundle.NPZ_WEIGHTS))
   os.makedirs(os.path.join(export_dir, serve_bundle.FUNCTIONS_DIR), exist_ok=True)
+
+
+def write_weights(weights: Mapping[str, np.ndarray], export_dir: str) -> dict[str, str]:
+  """Writes {"/"-joined path: array} (any dtype, bfloat16 too) as the bundle's safetensors file;
+  returns its manifest entry."""
+  safetensors_np.save_file(dict(weights), os.path.join(export_dir, serve_bundle.WEIGHTS))
+  return {"file": serve_bundle.WEIGHTS, "format": "safetensors"}
 
 
 def write_tokenizer(feature_cfg: features.FeatureConfig, export_dir: str) -> str:
@@ -235,7 +245,7 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
                       "inputs": [str(a) for a in exported.in_avals[len(weights):]],
                       "calling_convention_version": exported.calling_convention_version})
     print(f"[export] {len(functions)}/{len(sets)} {file}", flush=True)
-  np.savez(os.path.join(export_dir, serve_bundle.WEIGHTS), **weights)
+  weights_entry = write_weights(weights, export_dir)
 
   feature_settings = {k: (list(v) if isinstance(v, tuple) else v)
                       for k, v in dataclasses.asdict(feature_cfg).items() if k != "truncate"}
@@ -255,6 +265,7 @@ def export_params(model_cfg: ml_collections.ConfigDict, params: nnx.State, expor
       "modalities": sorted({m for f in functions for m in f["modalities"]},
                            key=serve_bundle.MODALITIES.index),
       "functions": functions,
+      "weights": weights_entry,
       "tokens_per_part": tokens_per_part(model_cfg),
       "limits": {
           "max_parts": model_cfg.max_parts, "max_text_tokens": model_cfg.max_text_tokens,

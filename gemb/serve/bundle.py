@@ -4,7 +4,9 @@ A bundle (written by gemb/export/bundle.py) is a folder:
 
   manifest.json              format, model dims, MRL dims, modalities, limits, featurisation
                              settings, the exported functions, versions
-  weights.npz                the encoder's float32 parameters, one array per "/"-joined path
+  weights.safetensors        the encoder's parameters (float32), one tensor per "/"-joined path
+                             such as "blocks/0/mlp/up/kernel" (format_version 1 bundles:
+                             weights.npz, which still loads)
   functions/<mods>.jaxexport one `jax.export` serialization (StableHLO) per modality set, e.g.
                              "text", "image+text": f(weights, side) -> [B, embed_dim] unit rows,
                              with a symbolic batch size and symbolic part-slot counts
@@ -13,8 +15,8 @@ A bundle (written by gemb/export/bundle.py) is a folder:
                              the checkpoint's tokenizer.json, lowercasing included, by itself
 
 The weights are an argument of the functions, not constants in them: every function shares the
-one weights.npz (15 modality sets would otherwise hold 15 copies), the file can be read and
-checked with numpy alone, and the serialized modules stay small.
+one weights file (15 modality sets would otherwise hold 15 copies), any safetensors reader can
+open it (memory-mapped, no pickle), and the serialized modules stay small.
 
     embedder = gemb.serve.load("bundle/")
     embedder.embed([[{"text": "a red circle"}], [{"image": pixels}, {"text": "what colour?"}]],
@@ -30,14 +32,17 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 from jax import export as jax_export
+from safetensors import safe_open
 
 from gemb.data import features, packing
 from gemb.serve import preprocess
 
 FORMAT = "gemb-serving-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights in safetensors, named by the manifest's "weights"
+READABLE_VERSIONS = (1, 2)  # 1: weights.npz, no "weights" entry
 MANIFEST = "manifest.json"
-WEIGHTS = "weights.npz"
+WEIGHTS = "weights.safetensors"
+NPZ_WEIGHTS = "weights.npz"  # format_version 1
 FUNCTIONS_DIR = "functions"
 TOKENIZER = "tokenizer.model"
 HF_TOKENIZER = "tokenizer.json"
@@ -56,11 +61,41 @@ def read_manifest(path: str) -> dict[str, Any]:
                             "with `python -m launch.main --mode=export --export_dir=...`")
   with open(file) as f:
     manifest = json.load(f)
-  if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+  if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
     raise ValueError(f"{file}: format {manifest.get('format')!r} version "
-                     f"{manifest.get('format_version')!r}; this gemb reads {FORMAT!r} version "
-                     f"{FORMAT_VERSION} (re-export the checkpoint)")
+                     f"{manifest.get('format_version')!r}; this gemb reads {FORMAT!r} versions "
+                     f"{list(READABLE_VERSIONS)} (re-export the checkpoint)")
   return manifest
+
+
+def read_weights(path: str, manifest: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The bundle's parameters as {"/"-joined path: array}, from the file its manifest names."""
+  entry = manifest.get("weights", {"file": NPZ_WEIGHTS, "format": "npz"})  # format_version 1
+  file = os.path.join(path, entry["file"])
+  if not os.path.exists(file):
+    raise FileNotFoundError(f"the bundle's weights file {file} is missing; re-export the "
+                            "checkpoint with `python -m launch.main --mode=export`")
+  if entry["format"] == "safetensors":
+    with safe_open(file, framework="numpy") as f:  # memory-mapped: each tensor read once
+      return {name: f.get_tensor(name) for name in f.keys()}
+  if entry["format"] == "npz":
+    with np.load(file, allow_pickle=False) as weights:
+      return {name: weights[name] for name in weights.files}
+  raise ValueError(f"{os.path.join(path, MANIFEST)}: \"weights\" format {entry['format']!r} is "
+                   "not 'safetensors' or 'npz' (re-export the checkpoint)")
+
+
+def _check_weights(weights: Mapping[str, np.ndarray], exported: jax_export.Exported,
+                   file: str) -> None:
+  """Raises unless `weights` are the names, shapes and dtypes the exported `file` takes."""
+  (expected, _), _ = jax.tree.unflatten(exported.in_tree, exported.in_avals)
+  missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+  wrong = [f"{k} {weights[k].dtype}{list(weights[k].shape)} (wants {expected[k].str_short()})"
+           for k in sorted(set(weights) & set(expected))
+           if (weights[k].shape, weights[k].dtype) != (expected[k].shape, expected[k].dtype)]
+  if missing or extra or wrong:
+    raise ValueError(f"the bundle's weights do not fit {file}: missing {missing[:5]}, "
+                     f"unexpected {extra[:5]}, mismatched {wrong[:5]} (re-export the checkpoint)")
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -111,13 +146,14 @@ class Embedder:
       raise ValueError(f"{self.path} was exported for platforms {platforms}, not for this "
                        f"machine's {backend!r}; re-export with config.export.platforms "
                        f"including {backend!r}")
-    with np.load(os.path.join(self.path, WEIGHTS), allow_pickle=False) as weights:
-      self._weights = jax.device_put({name: weights[name] for name in weights.files})
+    weights = read_weights(self.path, self.manifest)
     self._functions = {}
     for entry in self.manifest["functions"]:
       with open(os.path.join(self.path, entry["file"]), "rb") as f:
         exported = jax_export.deserialize(bytearray(f.read()))
+      _check_weights(weights, exported, entry["file"])
       self._functions[function_name(entry["modalities"])] = jax.jit(exported.call)
+    self._weights = jax.device_put(weights)
     self.modalities = sorted({m for e in self.manifest["functions"] for m in e["modalities"]},
                              key=MODALITIES.index)
 
