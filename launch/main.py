@@ -18,10 +18,13 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and evaluations
 flags.DEFINE_enum("mode", "train", ["train", "eval", "soup", "export"],
                   "train: run (or resume) every stage; eval: evaluate --checkpoint (default: the "
                   "last stage's latest); soup: run only the soup stages; export: write a serving "
-                  "bundle to --export_dir.")
+                  "bundle (or with --format=hf, a Hugging Face folder) to --export_dir.")
 flags.DEFINE_string("checkpoint", None, "For --mode=eval/export: a checkpoint reference "
                     "('stage', 'stage:step' or a path).")
 flags.DEFINE_string("export_dir", None, "For --mode=export: where the serving bundle goes.")
+flags.DEFINE_enum("format", "bundle", ["bundle", "hf"], "For --mode=export: 'bundle' (gemb's "
+                  "serving bundle) or 'hf' (a sentence-transformers folder of a bert or gemma "
+                  "backbone's text model, the other stems beside it).")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 "
                     "(not needed on Cloud TPU or SLURM, where JAX finds it itself).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -79,8 +82,12 @@ def main(argv):
   elif FLAGS.mode == "export":
     if not FLAGS.export_dir:
       raise app.UsageError("--mode=export needs --export_dir")
-    from gemb.export import bundle
-    bundle.export(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.export_dir)
+    if FLAGS.format == "hf":
+      from gemb.export import hf
+      hf.export(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.export_dir)
+    else:
+      from gemb.export import bundle
+      bundle.export(config, FLAGS.workdir, FLAGS.checkpoint, FLAGS.export_dir)
 
 
 if __name__ == "__main__":

@@ -1,1 +1,1 @@
-"""Export of a trained encoder for serving: see gemb/export/bundle.py."""
+"""Export of a trained encoder: a serving bundle (bundle.py) or a Hugging Face folder (hf.py)."""
