@@ -171,7 +171,9 @@ def loss(**overrides) -> ml_collections.ConfigDict:
       learn_temperature=True,
       temperature_min=0.01,
       temperature_max=1.0,
-      symmetric=True,  # add the target->query direction (cross-modal pairs)
+      # Gemini Embedding's loss is one-directional (query -> target, with the hard negative);
+      # True averages in the target -> query direction (the hard negative's weight halves).
+      symmetric=False,
       block_size=0,  # 0: all gathered targets at once; N: blockwise in chunks of N
       mrl_weights=None,  # None: uniform over model.mrl_dims
       siglip_bias=-10.0,

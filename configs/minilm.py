@@ -38,7 +38,8 @@ def get_config(arg=None):
 
   c.data = common.data(source="toyworld", toyworld=common.toyworld_world(c.model),
                        task_string_dropout=0.1)
-  c.loss = common.loss(type="nce", temperature=0.05, learn_temperature=True)
+  c.loss = common.loss(type="nce", temperature=0.05, learn_temperature=True,
+                       symmetric=True)  # both directions, as the smoke (docs/results.md)
   # New stems at 1e-3; a pretrained backbone at a twentieth of it (a random one learns at 1e-3).
   c.optim = common.optim(lr=1e-3, warmup_steps=20,
                          backbone_lr_multiplier=1.0 if random_init else 0.05)

@@ -28,7 +28,8 @@ def get_config(arg=None):
 
   c.data = common.data(source="toyworld", toyworld=common.toyworld_world(c.model),
                        task_string_dropout=0.1)  # some queries without their task string
-  c.loss = common.loss(type="nce", temperature=0.05, learn_temperature=True)
+  c.loss = common.loss(type="nce", temperature=0.05, learn_temperature=True,
+                       symmetric=True)  # both directions, as the smoke (docs/results.md)
   c.optim = common.optim(lr=1e-3, warmup_steps=200)
   c.checkpoint = common.checkpoint(every=250, keep=3)
 

@@ -56,7 +56,7 @@ def train_config(rates: dict, steps: int, batch_size: int, tiny: bool, lr: float
   c = common.run(log_every=max(steps // 4, 1))
   c.model = _model(tiny)
   c.data = _data(tiny)
-  c.loss = common.loss(temperature=0.05)
+  c.loss = common.loss(temperature=0.05, symmetric=True)  # as measured (docs/distillation.md)
   c.optim = common.optim(lr=lr, warmup_steps=warmup_steps)
   c.checkpoint = common.checkpoint(every=checkpoint_every, keep=1)
   c.eval = common.eval_settings()
