@@ -30,6 +30,7 @@ Helpers: temperature_from_log, in_batch_similarities, sharded_loss.
 """
 from collections.abc import Callable, Sequence
 import functools
+import inspect
 from typing import Any
 
 import jax
@@ -253,6 +254,42 @@ def _local_rows(
   return rows
 
 
+def _takes(fn: Callable, name: str) -> bool:
+  try:
+    return name in inspect.signature(fn).parameters
+  except (TypeError, ValueError):  # a callable without a signature
+    return False
+
+
+class PrefixColumns:
+  """The gathered columns of every MRL prefix from one all_gather per array (mrl_loss): each
+  side's full-width embeddings and the ids are gathered once, on first use, and a prefix's
+  columns are the gathered rows cut to `dim` and re-normalised (which commutes with the
+  gather: both act row by row)."""
+
+  def __init__(self, sides: dict, query_ids, positive_ids, axis_name: AxisName):
+    self._sides, self._axis_name, self._gathered = sides, axis_name, {}
+    self._ids = {"query_ids": query_ids, "positive_ids": positive_ids}
+
+  def _gather(self, name: str, x):
+    if name not in self._gathered:
+      self._gathered[name] = _all_gather(x, self._axis_name)
+    return self._gathered[name]
+
+  def columns(self, side: str, dim: int) -> dict:
+    targets = _unit_prefix(self._gather(side, self._sides[side]), dim)
+    columns = {"targets": targets, "index": jnp.arange(targets.shape[0])}
+    columns.update({k: self._gather(k, v) for k, v in self._ids.items() if v is not None})
+    return columns
+
+
+def _columns(targets, query_ids, positive_ids, axis_name, prefix_columns, side) -> dict:
+  """The column side of `targets` (gathered here, or once for every prefix by mrl_loss)."""
+  if prefix_columns is not None:
+    return prefix_columns.columns(side, targets.shape[1])
+  return _gathered_columns(targets, query_ids, positive_ids, axis_name)
+
+
 # ----------------------------------------------------------------------------------
 # Masked NCE (Gemini Embedding).
 
@@ -267,9 +304,11 @@ def _nce_direction(
     inverse_temperature: jax.Array,
     block_size: int | None,
     axis_name: AxisName,
+    prefix_columns: PrefixColumns | None = None,
+    side: str = "positive",
 ) -> jax.Array:
   """Per-row loss [R] of anchors against all gathered targets."""
-  columns = _gathered_columns(targets, query_ids, positive_ids, axis_name)
+  columns = _columns(targets, query_ids, positive_ids, axis_name, prefix_columns, side)
   _check_block_size(block_size, columns["targets"].shape[0])
 
   def chunk_fn(log_denominator, chunk):  # [R], running log-sum-exp
@@ -303,6 +342,7 @@ def masked_nce_loss(
     symmetric: bool = False,
     block_size: int | None = None,
     axis_name: AxisName = None,
+    prefix_columns: PrefixColumns | None = None,
 ) -> jax.Array:
   """In-batch softmax loss with hard negatives and duplicate masking (Gemini Embedding).
 
@@ -337,6 +377,7 @@ def masked_nce_loss(
       walk them in chunks (same value and gradients, less memory, a bit slower).
     axis_name: mesh axis name(s) the batch is sharded over (inside shard_map), or
       None on one device. B above is then the per-device batch.
+    prefix_columns: set by mrl_loss: the gathered columns of every prefix width.
 
   Returns:
     [] float32, the mean loss over the global batch; the same on every device.
@@ -356,12 +397,13 @@ def masked_nce_loss(
       inverse_temperature=inverse_temperature,
       block_size=block_size,
       axis_name=axis_name,
+      prefix_columns=prefix_columns,
   )
   loss = _global_mean(direction(query, positive, hard_negative), axis_name)
   if symmetric:
     # Rows are positives, columns the gathered queries. mask_ij is symmetric in the
     # two ids, so the same rows/columns ids apply.
-    reverse = _global_mean(direction(positive, query, None), axis_name)
+    reverse = _global_mean(direction(positive, query, None, side="query"), axis_name)
     loss = 0.5 * (loss + reverse)
   return loss
 
@@ -381,6 +423,7 @@ def sigmoid_loss(
     positive_ids: jax.Array | None = None,
     block_size: int | None = None,
     axis_name: AxisName = None,
+    prefix_columns: PrefixColumns | None = None,
 ) -> jax.Array:
   """SigLIP's pairwise sigmoid loss (Zhai et al. 2023) over the global batch.
 
@@ -419,7 +462,7 @@ def sigmoid_loss(
   inverse_temperature = 1.0 / jnp.asarray(temperature, jnp.float32)
   bias = jnp.asarray(bias, jnp.float32)
   rows = _local_rows(batch, query_ids, positive_ids, axis_name)
-  columns = _gathered_columns(positive, query_ids, positive_ids, axis_name)
+  columns = _columns(positive, query_ids, positive_ids, axis_name, prefix_columns, "positive")
   _check_block_size(block_size, columns["targets"].shape[0])
 
   def chunk_fn(row_loss, chunk):  # [R], running sum over columns
@@ -494,13 +537,20 @@ def mrl_loss(
       raise ValueError(
           f"mrl_dims entry {dim!r} must be an int in 1..{width} (the embedding width)."
       )
+  # Across devices, each array is gathered once at full width, not once per prefix width.
+  prefix_columns = None
+  if loss_kwargs.get("axis_name") is not None and _takes(loss_fn, "prefix_columns"):
+    prefix_columns = PrefixColumns({"positive": positive, "query": query},
+                                   loss_kwargs.get("query_ids"), loss_kwargs.get("positive_ids"),
+                                   loss_kwargs["axis_name"])
   total = jnp.zeros((), jnp.float32)
   for dim, weight in zip(mrl_dims, mrl_weights):
+    kwargs = dict(loss_kwargs, prefix_columns=prefix_columns) if prefix_columns else loss_kwargs
     loss = loss_fn(
         _unit_prefix(query, dim),
         _unit_prefix(positive, dim),
         _unit_prefix(hard_negative, dim),
-        **loss_kwargs,
+        **kwargs,
     )
     total = total + weight * loss
   return total

@@ -27,12 +27,17 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("hf", None, "The Hugging Face model folder (config.json, model.safetensors, "
-                    "tokenizer.json; a sentence-transformers folder's modules too).")
-flags.DEFINE_string("out", None, "The checkpoint folder to write (new or empty).")
-config_flags.DEFINE_config_file("config", None, "Optional: a config whose model (stems, limits, "
-                                "embed_dim, projection) and mesh to use.", lock_config=False)
-flags.mark_flags_as_required(["hf", "out"])
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: the tests import it beside other commands."""
+  flags.DEFINE_string("hf", None, "The Hugging Face model folder (config.json, model.safetensors, "
+                      "tokenizer.json; a sentence-transformers folder's modules too).")
+  flags.DEFINE_string("out", None, "The checkpoint folder to write (new or empty).")
+  config_flags.DEFINE_config_file("config", None, "Optional: a config whose model (stems, limits, "
+                                  "embed_dim, projection) and mesh to use.", lock_config=False)
+  flags.mark_flags_as_required(["hf", "out"])
+
 
 STEP = 0
 MODEL_JSON = "model.json"
@@ -123,4 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

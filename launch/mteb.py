@@ -19,23 +19,30 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("bundle", None, "Serving bundle folder (from --mode=export).")
-config_flags.DEFINE_config_file("config", None, "Instead of --bundle: the training config of the "
-                                "checkpoint to evaluate (with --workdir).", lock_config=True)
-flags.DEFINE_string("workdir", None, "With --config: the training workdir.")
-flags.DEFINE_string("checkpoint", None, "With --config: a checkpoint reference ('stage', "
-                    "'stage:step' or a path; default the last stage's latest).")
-flags.DEFINE_list("tasks", [], "MTEB task names, e.g. STS12,SciFact,Banking77Classification.")
-flags.DEFINE_string("benchmark", None, "An MTEB benchmark name instead of --tasks, e.g. "
-                    "'MTEB(eng, v2)' or 'MTEB(Multilingual, v2)'.")
-flags.DEFINE_list("languages", [], "Only these languages' subsets (ISO 639-3, e.g. eng,deu).")
-flags.DEFINE_string("output_dir", None, "Where results go (default: WORKDIR/mteb or BUNDLE/mteb).")
-flags.DEFINE_integer("mrl_dim", None, "Evaluate this MRL prefix width instead of the full one.")
-flags.DEFINE_integer("batch_size", 32, "Inputs per encode batch.")
-flags.DEFINE_string("task_strings", None, "A JSON file of {MTEB prompt key: gemb task string or "
-                    "null} laid over gemb.evaluate.mteb.DEFAULT_TASK_STRINGS (docs/mteb.md).")
-flags.DEFINE_bool("resume", False, "Keep results already in --output_dir and run only what is "
-                  "missing (default: rerun every task, since a bundle path may hold a new model).")
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs: the tests import it beside other commands."""
+  flags.DEFINE_string("bundle", None, "Serving bundle folder (from --mode=export).")
+  config_flags.DEFINE_config_file("config", None, "Instead of --bundle: the training config of the "
+                                  "checkpoint to evaluate (with --workdir).", lock_config=True)
+  flags.DEFINE_string("workdir", None, "With --config: the training workdir.")
+  flags.DEFINE_string("checkpoint", None, "With --config: a checkpoint reference ('stage', "
+                      "'stage:step' or a path; default the last stage's latest).")
+  flags.DEFINE_list("tasks", [], "MTEB task names, e.g. STS12,SciFact,Banking77Classification.")
+  flags.DEFINE_string("benchmark", None, "An MTEB benchmark name instead of --tasks, e.g. "
+                      "'MTEB(eng, v2)' or 'MTEB(Multilingual, v2)'.")
+  flags.DEFINE_list("languages", [], "Only these languages' subsets (ISO 639-3, e.g. eng,deu).")
+  flags.DEFINE_string("output_dir", None, "Where results go (default: WORKDIR/mteb or "
+                      "BUNDLE/mteb).")
+  flags.DEFINE_integer("mrl_dim", None, "Evaluate this MRL prefix width instead of the full one.")
+  flags.DEFINE_integer("batch_size", 32, "Inputs per encode batch.")
+  flags.DEFINE_string("task_strings", None, "A JSON file of {MTEB prompt key: gemb task string or "
+                      "null} laid over gemb.evaluate.mteb.DEFAULT_TASK_STRINGS (docs/mteb.md).")
+  flags.DEFINE_bool("resume", False, "Keep results already in --output_dir and run only what is "
+                    "missing (default: rerun every task, since a bundle path may hold a new "
+                    "model).")
+
 
 RESULTS_TABLE = "results.md"
 
@@ -186,4 +193,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

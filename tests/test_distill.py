@@ -106,7 +106,7 @@ def _distill_loss(mesh, mrl_dims, mrl_weights, temperatures, weights):
   with these settings builds it (gemb.train.step)."""
   teacher_temperature, student_temperature, contrastive_temperature = temperatures
   loss_cfg = common.loss(temperature=contrastive_temperature, learn_temperature=False,
-                         mrl_weights=mrl_weights)
+                         symmetric=True, mrl_weights=mrl_weights)  # the reference's form
   distill = ml_collections.ConfigDict(dict(
       weights=weights, teacher_temperature=teacher_temperature,
       student_temperature=student_temperature))

@@ -488,3 +488,42 @@ def test_other_losses_reject_bad_input():
                                 student_temperature=0.1)
   with pytest.raises(ValueError, match="max_temperature"):
     losses.temperature_from_log(0.0, min_temperature=0.5, max_temperature=0.1)
+
+
+def _count(jaxpr, primitive: str) -> int:
+  """How many `primitive` equations a jaxpr has, sub-jaxprs (shard_map, scan) included."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    total += eqn.primitive.name == primitive
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          total += _count(inner, primitive)
+  return total
+
+
+@pytest.mark.parametrize("loss_fn, symmetric", [
+    (losses.masked_nce_loss, True), (losses.masked_nce_loss, False),
+    (functools.partial(losses.sigmoid_loss, bias=-1.0), None)])
+def test_sharded_mrl_gathers_each_array_once_and_equals_one_device(loss_fn, symmetric):
+  b = _batch(12, batch=32, dim=16)
+  dims, weights = (4, 8, 16), (0.5, 1.0, 2.0)
+  if symmetric is not None:
+    loss_fn = functools.partial(loss_fn, symmetric=symmetric)
+  core = functools.partial(losses.mrl_loss, loss_fn, mrl_dims=dims, mrl_weights=weights)
+  mesh = _mesh((4, 2, 1))
+  g = _on_mesh(mesh, b)
+  sharded = losses.sharded_loss(core, mesh)
+  fn = lambda q, p, n: sharded(q, p, n, query_ids=g["query_ids"], positive_ids=g["positive_ids"],
+                               temperature=0.1)
+  got = jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2)))(
+      g["query"], g["positive"], g["hard_negative"])
+  want = jax.value_and_grad(lambda q, p, n: core(
+      q, p, n, query_ids=b["query_ids"], positive_ids=b["positive_ids"], temperature=0.1),
+      argnums=(0, 1, 2))(b["query"], b["positive"], b["hard_negative"])
+  jax.tree.map(_assert_close, got, want)
+  # One all_gather per array (positives, the queries for the reverse direction, two id
+  # arrays), whatever the number of prefix widths: 3 widths used to gather 3x.
+  jaxpr = jax.make_jaxpr(fn)(g["query"], g["positive"], g["hard_negative"]).jaxpr
+  assert _count(jaxpr, "all_gather") == (4 if symmetric else 3)
