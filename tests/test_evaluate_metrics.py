@@ -76,12 +76,6 @@ def test_mean_average_precision_by_hand():
 
 
 # ----------------------------------------------------------------------------- correlation
-def test_rankdata_ties_by_hand_and_scipy():
-  np.testing.assert_allclose(metrics.rankdata([10, 20, 10, 30]), [1.5, 3, 1.5, 4])
-  x = np.random.default_rng(3).integers(0, 6, 100)
-  np.testing.assert_allclose(metrics.rankdata(x), scipy.stats.rankdata(x))
-
-
 def test_spearman_by_hand():
   # ranks of b are [1, 2, 4, 3]: rho = 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 12 / 60
   assert metrics.spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)

@@ -1,13 +1,16 @@
-"""Evaluation metrics as pure numpy functions of arrays (no model, no embedding function).
+"""Evaluation metrics as pure functions of arrays (no model, no embedding function).
 
 Ranking metrics take `gains` [Q, K]: the relevance grade of each retrieved item in rank order
-(0 = not relevant), so one retrieval run feeds all of them.
+(0 = not relevant), so one retrieval run feeds all of them. Average precision, F1, Spearman,
+accuracy and V-measure are scikit-learn's and scipy's, named for the evaluators that use them.
 """
 from __future__ import annotations
 
 from typing import Hashable, Sequence
 
 import numpy as np
+import scipy.stats
+from sklearn import metrics as sk_metrics
 
 
 # ----------------------------------------------------------------------------- ranking
@@ -62,35 +65,23 @@ def ndcg_at_k(gains: np.ndarray, ideal_gains: np.ndarray, k: int) -> float:
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-  """Area under the precision-recall curve as a step sum, thresholds at each distinct score.
-
-  Same definition as sklearn.metrics.average_precision_score: sum_n (R_n - R_{n-1}) P_n.
+  """Area under the precision-recall curve as a step sum over the distinct scores,
+  sum_n (R_n - R_{n-1}) P_n (sklearn's average_precision_score).
   scores: [N] higher = more likely positive; labels: [N] binary, with at least one positive.
   """
-  scores = np.asarray(scores, np.float64)
   labels = np.asarray(labels).astype(bool)
   if not labels.any():
     raise ValueError("average_precision: there is no positive label.")
-  precision, recall = _precision_recall_at_thresholds(scores, labels)
-  return float(np.sum(np.diff(recall, prepend=0.0) * precision))
+  return float(sk_metrics.average_precision_score(labels, np.asarray(scores, np.float64)))
 
 
 def best_f1(scores: np.ndarray, labels: np.ndarray) -> float:
   """Highest F1 over all thresholds `score >= t` (MTEB pair-classification's max F1)."""
-  precision, recall = _precision_recall_at_thresholds(np.asarray(scores, np.float64),
-                                                      np.asarray(labels).astype(bool))
-  f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+  precision, recall, _ = sk_metrics.precision_recall_curve(
+      np.asarray(labels).astype(bool), np.asarray(scores, np.float64))
+  f1 = np.where(precision + recall > 0,
+                2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
   return float(f1.max())
-
-
-def _precision_recall_at_thresholds(scores: np.ndarray, labels: np.ndarray):
-  """Precision and recall of `score >= t` for every distinct score t, highest t first."""
-  order = np.argsort(-scores, kind="stable")
-  scores, labels = scores[order], labels[order]
-  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-  true_positives = np.cumsum(labels)[last_of_tie]
-  predicted = last_of_tie + 1
-  return true_positives / predicted, true_positives / max(labels.sum(), 1)
 
 
 def mean_average_precision(scores: list[np.ndarray], labels: list[np.ndarray]) -> float:
@@ -99,77 +90,36 @@ def mean_average_precision(scores: list[np.ndarray], labels: list[np.ndarray]) -
 
 
 # ----------------------------------------------------------------------------- correlation
-def rankdata(x: np.ndarray) -> np.ndarray:
-  """Ranks 1..N with ties given their average rank (scipy.stats.rankdata 'average')."""
-  x = np.asarray(x)
-  order = np.argsort(x, kind="stable")
-  sorted_x = x[order]
-  starts = np.r_[True, sorted_x[1:] != sorted_x[:-1]]
-  group = np.cumsum(starts) - 1                       # tie group of each sorted position
-  first = np.flatnonzero(starts)                      # 0-based start of each group
-  counts = np.diff(np.r_[first, len(x)])
-  average = first + (counts + 1) / 2.0                # mean of ranks first+1 .. first+count
-  ranks = np.empty(len(x), np.float64)
-  ranks[order] = average[group]
-  return ranks
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
   """Spearman rank correlation (Pearson of average ranks); nan if either side is constant."""
-  ra, rb = rankdata(a), rankdata(b)
-  ra, rb = ra - ra.mean(), rb - rb.mean()
-  denominator = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
-  return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if np.ptp(a) == 0 or np.ptp(b) == 0:
+    return float("nan")
+  return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 # ----------------------------------------------------------------------------- classification
 def accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
   """Fraction of exact matches; for [N, L] multilabel rows, the whole row must match."""
-  labels, predictions = np.asarray(labels), np.asarray(predictions)
-  equal = labels == predictions
-  return float(np.mean(equal.reshape(len(equal), -1).all(axis=1)))
+  return float(sk_metrics.accuracy_score(np.asarray(labels), np.asarray(predictions)))
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-  """Unweighted mean of per-class F1 over classes seen in labels or predictions (sklearn 'macro')."""
-  labels, predictions = np.asarray(labels), np.asarray(predictions)
-  classes, inverse = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
-  y, p = inverse[:len(labels)], inverse[len(labels):]
-  n = len(classes)
-  tp = np.bincount(y[y == p], minlength=n)
-  fp = np.bincount(p, minlength=n) - tp
-  fn = np.bincount(y, minlength=n) - tp
-  return float(np.mean(2 * tp / (2 * tp + fp + fn)))
+  """Unweighted mean of per-class F1 over the classes seen in labels or predictions."""
+  return float(sk_metrics.f1_score(np.asarray(labels), np.asarray(predictions), average="macro",
+                                   zero_division=0))
 
 
 def multilabel_macro_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
-  """Mean over label columns of F1 for [N, L] binary matrices; a column never true nor predicted scores 0."""
-  y, p = np.asarray(labels).astype(bool), np.asarray(predictions).astype(bool)
-  tp = (y & p).sum(0)
-  denominator = 2 * tp + (~y & p).sum(0) + (y & ~p).sum(0)
-  return float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))
+  """Mean over label columns of F1 for [N, L] binary matrices; a column never true nor
+  predicted scores 0."""
+  return float(sk_metrics.f1_score(np.asarray(labels).astype(bool),
+                                   np.asarray(predictions).astype(bool), average="macro",
+                                   zero_division=0))
 
 
 # ----------------------------------------------------------------------------- clustering
-def _entropy(counts: np.ndarray) -> float:
-  p = counts[counts > 0] / counts.sum()
-  return float(-(p * np.log(p)).sum())
-
-
 def v_measure(labels: np.ndarray, clusters: np.ndarray, beta: float = 1.0) -> float:
-  """V-measure: weighted harmonic mean of homogeneity and completeness (Rosenberg & Hirschberg 2007)."""
-  _, y = np.unique(np.asarray(labels), return_inverse=True)
-  _, c = np.unique(np.asarray(clusters), return_inverse=True)
-  contingency = np.zeros((y.max() + 1, c.max() + 1), np.float64)  # [classes, clusters]
-  np.add.at(contingency, (y, c), 1.0)
-  n = contingency.sum()
-  h_class, h_cluster = _entropy(contingency.sum(1)), _entropy(contingency.sum(0))
-  nz = contingency > 0
-  joint = contingency[nz] / n
-  outer = np.outer(contingency.sum(1), contingency.sum(0))[nz] / n ** 2
-  mutual_information = float((joint * np.log(joint / outer)).sum())
-  homogeneity = 1.0 if h_class == 0 else mutual_information / h_class   # 1 - H(C|K)/H(C)
-  completeness = 1.0 if h_cluster == 0 else mutual_information / h_cluster
-  if homogeneity + completeness == 0:
-    return 0.0
-  return float((1 + beta) * homogeneity * completeness / (beta * homogeneity + completeness))
+  """V-measure: weighted harmonic mean of homogeneity and completeness (Rosenberg & Hirschberg
+  2007)."""
+  return float(sk_metrics.v_measure_score(np.asarray(labels), np.asarray(clusters), beta=beta))
