@@ -6,7 +6,9 @@ r"""Training throughput: steps/s, examples/s and MFU of a config's training stag
 For each config and training stage, one batch of every task in the stage's mixture is prepared,
 each task's step is compiled and warmed up, then `--steps` steps cycle over the tasks. MFU is
 model FLOPs per second (3x the encoder's forward matmul FLOPs per side, 4x with remat) over the
-f32 matmul peak measured on this device at start. Compilation is reported apart. Each stage
+f32 matmul peak measured on this device at start. Compilation is reported apart, and the fused
+step's row has its per-device memory: XLA's compiled memory analysis of the stage's largest
+program (arguments, i.e. params, optimizer state and batch, plus temporaries). Each stage
 runs with the fused step (one program per task) and the per-side step (programs per side
 layout), side by side, and the last column is fused/per-side steps/s.
 
@@ -25,7 +27,7 @@ from gemb import sharding
 from gemb.runtime import allocator
 from gemb.data import pipeline
 from gemb.model.flops import encoder_flops
-from gemb.train import metrics, trainer
+from gemb.train import lowering, metrics, trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("configs", ["configs/smoke.py", "configs/toyworld.py"], "Config files.")
@@ -75,6 +77,15 @@ def bench_stage(config, name: str, mesh, peak: float, steps: int) -> dict:
           "mfu": done_flops / elapsed / (peak * jax.device_count())}
 
 
+def step_memory_mib(config, name: str, mesh) -> float:
+  """Per-device memory of the stage's largest fused step program, from XLA's compiled memory
+  analysis (arguments: params, optimizer state, batch; plus temporaries), in MiB."""
+  programs = [lowered for (stage, _), lowered in lowering.lower_stages(config, mesh).items()
+              if stage == name]
+  analyses = [program.compile().memory_analysis() for program in programs]
+  return max(a.argument_size_in_bytes + a.temp_size_in_bytes for a in analyses) / 2**20
+
+
 def main(argv):
   del argv
   peak = metrics.measure_matmul_peak()
@@ -82,7 +93,7 @@ def main(argv):
         f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s per device, "
         f"memory allocator: {allocator.in_use()}")
   print(f"{'config':<22} {'stage':<12} {'step':<9} {'tasks':>5} {'compile s':>10} "
-        f"{'steps/s':>8} {'examples/s':>11} {'MFU':>6} {'fused/per-side':>15}")
+        f"{'steps/s':>8} {'examples/s':>11} {'MFU':>6} {'mem MiB':>8} {'fused/per-side':>15}")
   for path in FLAGS.configs:
     config = _load(path)
     mesh = sharding.make_mesh(config.mesh)
@@ -96,9 +107,10 @@ def main(argv):
         rates[kind] = r["steps_per_s"]
         ratio = (f"{rates['fused'] / rates['per_side']:.2f}x"
                  if set(rates) == {"fused", "per_side"} else "")
+        memory = f"{step_memory_mib(config, name, mesh):.0f}" if kind == "fused" else "-"
         print(f"{path:<22} {name:<12} {kind:<9} {r['tasks']:>5} {r['compile_s']:>10.1f} "
               f"{r['steps_per_s']:>8.2f} {r['examples_per_s']:>11.1f} {100 * r['mfu']:>5.1f}% "
-              f"{ratio:>15}", flush=True)
+              f"{memory:>8} {ratio:>15}", flush=True)
 
 
 if __name__ == "__main__":
