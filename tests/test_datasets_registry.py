@@ -1,5 +1,4 @@
 """gemb.datasets: data sources found by name, a new one registered without touching the pipeline."""
-import numpy as np
 import pytest
 
 from configs import common
