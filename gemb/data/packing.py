@@ -181,3 +181,13 @@ def pack_inputs(inputs: Sequence[Sequence[Mapping[str, np.ndarray]]], layout: La
         side["video_frames"][b, k] = t
   return side
 
+
+def minimal_side(layout: Layout) -> dict[str, np.ndarray]:
+  """One input packed with every part slot of `layout` filled by a minimal part of its modality
+  (one token, one patch, one frame): a side of the layout's shapes, for shape checks."""
+  p = layout.patch_size
+  one = {"text": np.ones([1], np.int32), "image": np.zeros([p, p, 3], np.float32),
+         "audio": np.zeros([1, layout.n_mels], np.float32),
+         "video": np.zeros([1, *layout.video_size, 3], np.float32)}
+  parts = [{m: one[m]} for m in MODALITIES for _ in range(layout.max_parts.get(m, 0))]
+  return pack_inputs([parts], layout)

@@ -132,13 +132,8 @@ def _check_layout(layout: packing.Layout, model_cfg: Mapping[str, Any], what: st
   """Packs one minimal input with every slot of the layout and lets the model check the shapes
   (sequence length, part count), so a layout the encoder cannot take fails before training."""
   from gemb.model import inputs  # pylint: disable=g-import-not-at-top
-  p = layout.patch_size
-  one = {"text": np.ones([1], np.int32), "image": np.zeros([p, p, 3], np.float32),
-         "audio": np.zeros([1, layout.n_mels], np.float32),
-         "video": np.zeros([1, *layout.video_size, 3], np.float32)}
-  parts = [{m: one[m]} for m in packing.MODALITIES for _ in range(layout.max_parts.get(m, 0))]
   try:
-    inputs.check_side(packing.pack_inputs([parts], layout), model_cfg)
+    inputs.check_side(packing.minimal_side(layout), model_cfg)
   except ValueError as e:
     raise ValueError(f"{what}: the layout {dict(layout.max_parts)} does not fit config.model: "
                      f"{e}") from e

@@ -26,22 +26,13 @@ from gemb.data import packing, pipeline
 from gemb.train import checkpoints, optim, step, trainer
 
 
-def _one_per_slot(layout: packing.Layout) -> list[dict]:
-  """One input with every part slot of `layout` filled by a minimal part of its modality."""
-  p = layout.patch_size
-  one = {"text": np.ones([1], np.int32), "image": np.zeros([p, p, 3], np.float32),
-         "audio": np.zeros([1, layout.n_mels], np.float32),
-         "video": np.zeros([1, *layout.video_size, 3], np.float32)}
-  return [{m: one[m]} for m in packing.MODALITIES for _ in range(layout.max_parts.get(m, 0))]
-
-
 def abstract_batch(task: pipeline.TaskSpec, mesh, teacher_dim: int | None = None) -> dict:
   """A global batch of `task` as ShapeDtypeStructs sharded over the data axes."""
   rows = task.global_batch_size
   spec = lambda shape, dtype: jax.ShapeDtypeStruct((rows, *shape), dtype,
                                                    sharding=sharding.batch_sharding(mesh))
   batch = {side: {key: spec(value.shape[1:], value.dtype) for key, value in
-                  packing.pack_inputs([_one_per_slot(layout)], layout).items()}
+                  packing.minimal_side(layout).items()}
            for side, layout in task.layouts.items()}
   batch["query_id"] = batch["positive_id"] = spec((), np.int32)
   if teacher_dim:
@@ -73,16 +64,15 @@ def representative_tasks(tasks: dict) -> list[str]:
   elements: a mixture's programs differ by their layouts, and the largest one is the one that
   runs out of memory or sequence first (each task's layout is checked against the model when
   the pipeline builds it)."""
-  def size(task) -> int:
-    return task.global_batch_size * sum(
-        int(np.prod(value.shape)) for layout in task.layouts.values()
-        for value in packing.pack_inputs([_one_per_slot(layout)], layout).values())
-  best = {}
+  best = {}  # side set -> (elements, task)
   for name, task in tasks.items():
+    size = task.global_batch_size * sum(
+        int(np.prod(value.shape)) for layout in task.layouts.values()
+        for value in packing.minimal_side(layout).values())
     sides = tuple(sorted(task.layouts))
-    if sides not in best or size(task) > size(tasks[best[sides]]):
-      best[sides] = name
-  return sorted(best.values())
+    if sides not in best or size > best[sides][0]:
+      best[sides] = (size, name)
+  return sorted(name for _, name in best.values())
 
 
 def lower_stages(config: ConfigDict, mesh, teacher_dim: int | None = None) -> dict:
