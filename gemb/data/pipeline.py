@@ -3,8 +3,9 @@
 Every batch holds one task. The task of step s is drawn from the configured rates by an RNG
 seeded with (seed, s // 1024), so every host picks the same task without talking to the
 others. The k-th batch of task t takes positions [k * B_t, (k + 1) * B_t) of t's stream, a
-seeded shuffle of t's examples that is reshuffled every epoch (EpochShuffle); host p
-of P reads the slice [p * B_t / P, (p + 1) * B_t / P) of it. Batches are therefore a pure
+seeded shuffle of t's examples that is reshuffled every epoch (EpochShuffle; a source read in
+order, `source.in_order`, e.g. a streaming one, shuffles itself and gets positions as they are);
+host p of P reads the slice [p * B_t / P, (p + 1) * B_t / P) of it. Batches are therefore a pure
 function of (config, step): grain maps `step -> batch` over steps, with `worker_count` worker
 processes each building whole batches (featurise + pack) and `prefetch` batches read ahead.
 The order of batches does not depend on worker_count, and the iterator state is the step:
@@ -28,7 +29,8 @@ Bad records (missing/corrupt file, empty text, over a limit with truncate off, t
 with on_bad_record="raise" (default) the iterator raises BadRecordError naming the record
 (manifest line) and field. With "skip" the record is logged, counted in `metrics()` and in the
 state, and replaced by another record of the same task drawn by a seeded RNG, so batches keep
-their static shapes; never padded or zeroed silently.
+their static shapes (for a source read in order, one of the next `source.replacement_window`
+records); never padded or zeroed silently.
 
 The mixture (a stage's `mixture`): {task: {rate, batch_size[, task_string][, source]}}, rate > 0
 (normalised over tasks), batch_size global (divisible by the number of processes), task_string
@@ -208,6 +210,13 @@ class EpochShuffle:
       return int(self._epochs[epoch][i])
 
 
+class InOrder:
+  """Position -> the same position: the order of a source read in order (`source.in_order`)."""
+
+  def __getitem__(self, position: int) -> int:
+    return position
+
+
 class BatchMaker:
   """step -> one task's packed batch for this process (runs in grain workers; picklable).
 
@@ -225,8 +234,10 @@ class BatchMaker:
     self._shard_index = shard_index
     self._salts = [features.key_id(t.name) for t in self._tasks]
     self.schedule = TaskSchedule(np.array([t.rate for t in self._tasks]), self._seed)
-    self._orders = [EpochShuffle(len(t.source), features.key_id((self._seed, "shuffle", t.name)))
-                    for t in self._tasks]
+    self._orders = [
+        InOrder() if getattr(t.source, "in_order", False)
+        else EpochShuffle(len(t.source), features.key_id((self._seed, "shuffle", t.name)))
+        for t in self._tasks]
 
   def __call__(self, step: int) -> dict[str, Any]:
     t, k = self.schedule(step)
@@ -256,7 +267,7 @@ class BatchMaker:
         if not self._skip:
           raise
         skipped.append(str(e))
-        index = int(rng.integers(len(task.source)))
+        index = _replacement(task.source, position, rng)
     raise features.BadRecordError(
         f"task {task.name!r}: {self._max_replacements} records in a row were bad "
         f"(config.data.max_replacements); the last: {skipped[-1]}")
@@ -287,6 +298,14 @@ class BatchMaker:
       raise
     except (ValueError, OSError, KeyError, TypeError) as e:
       raise features.BadRecordError(f"{where}: {type(e).__name__}: {e}") from e
+
+
+def _replacement(source, position: int, rng: np.random.Generator) -> int:
+  """The index of a record for a bad one: any of the source's, or for a source read in order one
+  of the next `source.replacement_window` (it keeps them at hand; a far one means re-reading)."""
+  if getattr(source, "in_order", False):
+    return position + 1 + int(rng.integers(source.replacement_window))
+  return int(rng.integers(len(source)))
 
 
 class MixtureIterator:

@@ -11,6 +11,8 @@ written by `Dataset.save_to_disk`, with columns mapped to parts by config.
           "negative": "",                     # optional
           "sample_rate": 16000,               # of audio arrays that carry none
           "cache_dir": "",                    # where files are converted to Arrow (HF's default)
+          "streaming": False,                 # True: stream the files, converting nothing
+          "shuffle_buffer": 1000,             # streaming: rows shuffled together; 0 = file order
       }}
 
 Columns: text takes a string (bytes as UTF-8; a ClassLabel gives its name, a number its
@@ -18,15 +20,27 @@ digits, a list its first); image an `Image` feature, bytes of an image file, a p
 uint8 [H, W, C] array; audio an `Audio` feature, bytes or a path of any file libsndfile reads
 (WAV, FLAC, OGG, MP3), or {"array", "sampling_rate"}; video a path of a video file or a uint8
 [T, H, W, 3] array. Image, audio and video features are read undecoded and decoded by gemb's
-own decoders (no torch). Rows are read by index from memory-mapped Arrow, so a dataset larger
-than memory trains without being loaded; a streaming (iterable) dataset is not a source, since
-exact resume reads batch k by position: convert it once with `save_to_disk`.
+own decoders (no torch). Rows are read by index from memory-mapped Arrow (the files converted
+once into cache_dir), so a dataset larger than memory trains without being loaded.
+
+With "streaming": True the files are read as they are (`load_dataset(..., streaming=True)`:
+no Arrow copy; not for a save_to_disk folder, which is memory-mapped already). The pipeline
+then reads the task in stream order (`in_order`): position p is row p mod n of epoch p // n,
+an epoch being the files in a seeded order through a seeded `shuffle_buffer`-row shuffle
+(config.data.seed, task, epoch), n counted once (parquet: from its metadata; CSV / JSON: one
+pass). Each reading thread or worker keeps its own place: it reads forward to the next
+position it needs and reopens the stream (skipping at Arrow speed) for an earlier one, so
+resuming at step k yields exactly the batches of an unbroken run, at the cost of skipping to
+k's position; with several workers or hosts each one reads (and skips) every row, decoding
+only its own. A bad record is replaced by one of the next `replacement_window` rows.
 """
 from __future__ import annotations
 
+import collections
 import glob
 import io
 import os
+import threading
 from typing import Any, Mapping
 
 import numpy as np
@@ -37,7 +51,9 @@ from gemb.data import features
 from gemb.data import image as image_lib
 
 ENTRY_KEYS = ("path", "format", "split", "query", "positive", "negative", "sample_rate",
-              "cache_dir")
+              "cache_dir", "streaming", "shuffle_buffer")
+SHUFFLE_BUFFER = 1000  # streaming's default shuffle_buffer (HF's own default)
+_READ_ROWS = 64        # rows a stream converts to Python at a time
 FORMATS = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json",
            ".jsonl": "json"}
 
@@ -53,6 +69,8 @@ def _files(path, where: str) -> list[str]:
 
 class HfSource:
   """Random access raw examples of one Hugging Face dataset (picklable: opens it lazily)."""
+
+  streaming = False
 
   def __init__(self, task: str, entry: Mapping[str, Any], split: str, where: str,
                fcfg: features.FeatureConfig):
@@ -76,6 +94,15 @@ class HfSource:
       self._dataset = self._open()
     return self._dataset
 
+  def _files(self) -> tuple[list[str], str]:
+    """The data files and their format (parquet | arrow | csv | json)."""
+    files = _files(self.path, self.where)
+    fmt = self.format or FORMATS.get(os.path.splitext(files[0])[1].lower())
+    if fmt not in FORMATS.values():
+      raise ValueError(f"{self.where}.format={self.format!r}: set one of "
+                       f"{sorted(set(FORMATS.values()))} for {files[0]!r}")
+    return files, fmt
+
   def _open(self):
     import datasets as hf  # pylint: disable=g-import-not-at-top  (heavy; only when used)
     if isinstance(self.path, str) and os.path.isdir(self.path):
@@ -86,25 +113,21 @@ class HfSource:
                            f"{self.split!r} (set {self.where}.split)")
         data = data[self.split]
     else:
-      files = _files(self.path, self.where)
-      fmt = self.format or FORMATS.get(os.path.splitext(files[0])[1].lower())
-      if fmt not in FORMATS.values():
-        raise ValueError(f"{self.where}.format={self.format!r}: set one of "
-                         f"{sorted(set(FORMATS.values()))} for {files[0]!r}")
+      files, fmt = self._files()
       data = hf.load_dataset(fmt, data_files={self.split: files}, split=self.split,
-                             cache_dir=self.cache_dir)
-    if isinstance(data, (hf.IterableDataset, hf.IterableDatasetDict)):
-      raise ValueError(f"{self.where}: a streaming dataset cannot be read by position; save it "
-                       "with save_to_disk and point path at that folder")
-    for name, feature in data.features.items():  # gemb decodes media itself (no torch)
+                             cache_dir=self.cache_dir, streaming=self.streaming)
+    for name, feature in (data.features or {}).items():  # gemb decodes media itself (no torch)
       if getattr(feature, "decode", False) and type(feature).__name__ in ("Image", "Audio",
                                                                           "Video"):
         data = data.cast_column(name, type(feature)(decode=False))
+    have = data.column_names
+    if have is None:  # a stream of CSV / JSON knows its columns from its first row
+      have = list(next(iter(data.take(1)), {}))
     columns = {path.split("/")[0] for parts in self.parts.values() for _, path in parts}
-    missing = sorted(columns - set(data.column_names))
+    missing = sorted(columns - set(have))
     if missing:
       raise ValueError(f"{self.where}: columns {missing} are not in {self.path!r}; it has "
-                       f"{data.column_names}")
+                       f"{have}")
     return data
 
   def __len__(self) -> int:
@@ -124,7 +147,7 @@ class HfSource:
         if not value:
           raise ValueError("empty list of texts")
         value = value[0]
-      feature = self.dataset.features.get(path.split("/")[0])
+      feature = (self.dataset.features or {}).get(path.split("/")[0])
       if isinstance(value, int) and hasattr(feature, "int2str"):
         return feature.int2str(value)
       return value.decode("utf-8") if isinstance(value, bytes) else str(value)
@@ -160,6 +183,101 @@ class HfSource:
     return io.BytesIO(value) if isinstance(value, bytes) else value
 
 
+class HfStream(HfSource):
+  """Raw examples of local files streamed in order: position p is row p mod n of epoch p // n's
+  seeded shuffle (module docstring). Picklable; each thread reads from its own open stream."""
+
+  streaming = True
+  in_order = True          # the pipeline reads positions as they are (no shuffle of its own)
+  replacement_window = 16  # the pipeline replaces a bad record by one of the next this many
+
+  def __init__(self, task: str, entry: Mapping[str, Any], split: str, where: str,
+               fcfg: features.FeatureConfig, seed: int):
+    super().__init__(task, entry, split, where, fcfg)
+    if isinstance(self.path, str) and os.path.isdir(self.path):
+      raise ValueError(f"{where}.streaming: {self.path!r} is a folder (save_to_disk), which is "
+                       "read by position from memory-mapped Arrow already; drop streaming")
+    buffer = entry.get("shuffle_buffer")
+    self.shuffle_buffer = SHUFFLE_BUFFER if buffer is None else int(buffer)
+    if self.shuffle_buffer < 0:
+      raise ValueError(f"{where}.shuffle_buffer={self.shuffle_buffer}: rows shuffled together, "
+                       ">= 0 (0: file order)")
+    self.seed = seed
+    self._num_rows = None
+    self._local = threading.local()
+
+  def __getstate__(self):
+    return {**super().__getstate__(), "_local": None}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._local = threading.local()
+
+  def __len__(self) -> int:
+    """Rows in one epoch: parquet metadata, or one pass over a CSV / JSON stream (cached)."""
+    if self._num_rows is None:
+      files, fmt = self._files()
+      if fmt == "parquet":
+        import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+        self._num_rows = sum(pq.read_metadata(f).num_rows for f in files)
+      else:
+        self._num_rows = sum(table.num_rows for table in
+                             self.dataset.with_format("arrow").iter(batch_size=65536))
+    return self._num_rows
+
+  def __getitem__(self, position: int) -> dict[str, Any]:
+    position = int(position)
+    row = self._row(position)
+    epoch, offset = divmod(position, len(self))
+    origin = (f"{self.where} epoch {epoch} record {offset}" if self.shuffle_buffer
+              else f"{self.where} row {offset}")
+    return datasets.example(self.task, origin, self.parts,
+                            lambda modality, path: self._part(modality, path, row))
+
+  def _row(self, position: int) -> dict[str, Any]:
+    """The row at `position`: kept, read forward to, or read after reopening the stream."""
+    n = len(self)
+    cursor = getattr(self._local, "cursor", None)
+    if cursor is not None and cursor.position - len(cursor.kept) <= position < cursor.position:
+      return cursor.kept[position - cursor.position]
+    if (cursor is None or position < cursor.position
+        or position // n != cursor.position // n):  # earlier, or a later epoch: reopen
+      cursor = self._local.cursor = _Cursor(position, *self._rows(position))
+    while cursor.position <= position:
+      if cursor.position == cursor.end:  # the epoch ended: the next one from its start
+        cursor.rows, cursor.end = self._rows(cursor.position)
+      row = next(cursor.rows, None)
+      if row is None:
+        raise ValueError(f"{self.where}: the stream of {self.path!r} ended before row "
+                         f"{cursor.position % n} of {n}; did the files change while training?")
+      cursor.kept.append(row)
+      cursor.position += 1
+    return cursor.kept[-1]
+
+  def _rows(self, position: int):
+    """(rows from `position` to the end of its epoch, that end's position) from a new stream."""
+    if getattr(self._local, "dataset", None) is None:  # its own: iteration state is not shared
+      self._local.dataset = self._open()
+    n = len(self)
+    epoch, offset = divmod(position, n)
+    data = self._local.dataset
+    # One file at a time fills the buffer: HF's interleaving of several runs reader threads and
+    # sleeps seconds when closed, i.e. on every reopen.
+    if self.shuffle_buffer:
+      seed = features.key_id((self.seed, "shuffle", self.task, epoch))
+      data = data.shuffle(seed=seed, buffer_size=self.shuffle_buffer, max_buffer_input_shards=1)
+    tables = data.with_format("arrow").skip(offset).iter(batch_size=_READ_ROWS)
+    return (row for table in tables for row in table.to_pylist()), (epoch + 1) * n
+
+
+class _Cursor:
+  """One thread's place in a stream: the next position it yields and the rows just before it."""
+
+  def __init__(self, position: int, rows, end: int):
+    self.position, self.rows, self.end = position, rows, end
+    self.kept = collections.deque(maxlen=4 * HfStream.replacement_window)
+
+
 class Dataset:
   """Hugging Face datasets for the data registry: a task per `config.data.hf` entry."""
 
@@ -168,6 +286,7 @@ class Dataset:
   def __init__(self, data_cfg: Mapping[str, Any]):
     self._entries = dict(data_cfg.get("hf") or {})
     self._split = data_cfg["split"]
+    self._seed = int(data_cfg.get("seed") or 0)
 
   def tasks(self) -> list[str]:
     return list(self._entries)
@@ -184,5 +303,11 @@ class Dataset:
     for field in ("path", "query", "positive"):
       if not entry.get(field):
         raise ValueError(f"{key}.{field} is missing")
-    source = HfSource(name, entry, self._split, key, fcfg)
+    if entry.get("streaming"):
+      source = HfStream(name, entry, self._split, key, fcfg, self._seed)
+    elif entry.get("shuffle_buffer") is not None:
+      raise ValueError(f"{key}.shuffle_buffer shuffles a stream: set {key}.streaming=True or "
+                       "drop it (the pipeline shuffles a random access dataset itself)")
+    else:
+      source = HfSource(name, entry, self._split, key, fcfg)
     return datasets.Task(source, source.max_parts, None)
