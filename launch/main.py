@@ -7,6 +7,7 @@ The console shows progress lines only; `--verbosity=0` adds the libraries' INFO 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -54,6 +55,13 @@ def quiet_libraries() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
+def alias_config_items(argv: list[str]) -> list[str]:
+  """`--config.items=X` (the cold-start catalogue) -> `--config.catalogue=X`: ConfigDict.items is
+  a method, which ml_collections' override parser finds before any field of that name."""
+  return ["--config.catalogue" + arg[len("--config.items"):]
+          if arg == "--config.items" or arg.startswith("--config.items=") else arg for arg in argv]
+
+
 def main(argv):
   del argv
   quiet_libraries()
@@ -93,4 +101,5 @@ def main(argv):
 if __name__ == "__main__":
   from gemb.runtime import allocator
   allocator.use_tcmalloc()  # re-executes this command under tcmalloc, once (see its docstring)
+  sys.argv[:] = alias_config_items(sys.argv)  # config_flags reads its overrides from sys.argv
   app.run(main)

@@ -3,8 +3,16 @@
   python -m launch.main --config=configs/proj/coldstart.py --workdir=/tmp/coldstart
 writes /tmp/coldstart/coldstart/report.json and coldstart.png. Arg 'tiny' shrinks it for tests:
   --config=configs/proj/coldstart.py:tiny
-Item embeddings are synthetic unless `world.embeddings_path` names a .npy [N, D] (for instance
-ToyWorld scenes embedded by a gemb checkpoint); latent quality is derived from either the same way.
+Item embeddings are synthetic unless `world.embeddings_path` names a .npy [N, D]; latent quality
+is then a random projection of the embedding. Arg 'toyworld' makes the items ToyWorld scenes
+(caption + image + sound + video), embedded by a gemb model, with quality from the users' taste
+over what the scenes are; the discoverability policy runs with the trained model's embeddings,
+with the same encoder at random init and with no content:
+  --config=configs/proj/coldstart.py:toyworld --config.embedder.checkpoint=runs/smoke/soup \
+      --config.embedder.model_config=configs/smoke.py --config.seeds="(0, 1, 2)"
+The service path embeds a platform's catalogue through a serving bundle and allocates a day's
+exploration traffic (WORKDIR/coldstart/allocation.jsonl):
+  --config=configs/proj/coldstart.py --config.items=catalogue.jsonl --config.bundle=DIR
 """
 import ml_collections
 
@@ -12,11 +20,17 @@ import ml_collections
 def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.job = "coldstart"
+  config.seeds = ()  # e.g. (0, 1, 2): one study per seed (seeds moved by 1000 * s), mean and std
+  # A catalogue JSONL (gemb/proj/coldstart/catalogue.py): the service path. On the command line
+  # also `--config.items=...` (launch/main.py renames it: ConfigDict.items is a method).
+  config.catalogue = ""
+  config.bundle = ""  # the serving bundle that embeds it (shorthand for embedder.bundle)
 
   # The simulated platform: days of fresh items; quality = sigmoid(base_logit + content_scale * z
   # + noise_scale * eps), z = standardised projection of the embedding on a random direction.
   config.world = dict(
       seed=0,
+      source="synthetic",  # or "toyworld": ToyWorld scenes embedded by config.embedder
       embeddings_path="",  # optional .npy [N, D] (dim/num_clusters/cluster_spread then unused)
       dim=32, num_clusters=16, cluster_spread=1.0,
       items_per_day=20_000,
@@ -24,6 +38,31 @@ def get_config(arg=None):
       tuning_days=1,  # a day for choosing the bandits' chunk size (not used for the report)
       eval_days=1,  # fresh days every policy explores; the report sums over them
       base_logit=-2.5, content_scale=0.8, noise_scale=0.8,
+      # source="toyworld": the discoverability policy once per embedding variant.
+      variants=("trained", "random_init", "no_content"),
+      # The catalogue: scenes from an rng stream no training task uses; split 'train' draws the
+      # training (shape, colour) pairs, 'eval' a held-out pair in every scene. Sounds as long as
+      # the smoke model hears (configs/common.py toyworld_world).
+      toyworld=dict(seed=0, split="train", world=dict(audio_seconds=0.64), caption_aspect="video"),
+      # The users' taste: a seeded N(0, weight^2) utility per value of each attribute (0: ignored).
+      taste=dict(attributes=dict(shape=1.0, colour=1.0, size=1.0, motion=1.0, position=0.0)),
+  )
+  # The gemb model that embeds items: a serving bundle, or a training checkpoint with the
+  # training config that built it ('configs/smoke.py'); random_init uses its architecture.
+  config.embedder = dict(
+      bundle="", checkpoint="", model_config="", random_init_seed=0,
+      batch_size=64,  # items per call of the embedding function
+      combine="joint",  # all of an item's parts as one input, or "mean_of_parts"
+      cache_dir="",  # default WORKDIR/coldstart/embedding_cache
+  )
+  # The service path (config.items): a day's exploration traffic for the catalogue.
+  config.service = dict(
+      budget_per_item=10,  # the day's budget = this * items in the catalogue
+      engagement="",  # optional JSONL of {"item_id", "impressions", "clicks"} so far today
+      output="",  # default WORKDIR/coldstart/allocation.jsonl (.csv: CSV)
+      # The discoverability model is trained on the simulated ToyWorld platform's logs of this
+      # many past items, embedded by the same bundle.
+      history_items=4000,
   )
   # The exploitation recommender: posterior-mean engagement under a pessimistic Beta prior.
   config.recommender = dict(
@@ -78,6 +117,27 @@ def get_config(arg=None):
     config.exploration.budget_per_item = (5, 10)
     config.baselines.chunk_choices = (10,)
     config.exploration.benchmark_items = 0
+  elif arg in ("toyworld", "toyworld_tiny"):
+    config.world.source = "toyworld"
+    config.world.items_per_day = 3000  # 12,000 scenes: embedding them takes ~1 min per encoder
+    config.world.content_scale = 1.2
+    # 7x fewer history rows than the default world: smaller batches and more epochs, so the
+    # model still takes ~900 optimiser steps (30 left it untrained).
+    config.model.batch_size = 512
+    config.model.epochs = 20
+    config.exploration.budget_per_item = (2, 5, 10, 20)
+    config.baselines.chunk_choices = (5, 10, 20)
+    config.exploration.benchmark_items = 0  # the default config's benchmark; gemb.bench.coldstart
+    if arg == "toyworld_tiny":  # the tests' size: seconds with a tiny random encoder
+      config.world.items_per_day = 300
+      config.model.hidden_dims = (32,)
+      config.model.batch_size = 256
+      config.model.epochs = 20
+      config.exploration.num_rounds = 3
+      config.exploration.budget_per_item = (5, 10)
+      config.baselines.chunk_choices = (10,)
+      config.service.history_items = 600
   elif arg:
-    raise ValueError(f"configs/proj/coldstart.py takes no argument or 'tiny'; got {arg!r}.")
+    raise ValueError(f"configs/proj/coldstart.py takes no argument, 'tiny', 'toyworld' or "
+                     f"'toyworld_tiny'; got {arg!r}.")
   return config

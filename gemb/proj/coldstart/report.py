@@ -3,10 +3,14 @@
   run(config, workdir) -> report dict, written to workdir/coldstart/report.json (+ coldstart.png)
 
 Steps: build the world; log past days with randomised traffic and train the discoverability model
-on them (ECE on held-out past items); pick each bandit's chunk size on the tuning day; then every
-policy explores every evaluation day at every budget level with the same budget, rounds, feedback
-and engagement seed, and exploitation decides which items became discoverable.
+on them (ECE on held-out past items), one model per embedding set; pick each bandit's chunk size
+on the tuning day; then every policy explores every evaluation day at every budget level with the
+same budget, rounds, feedback and engagement seed, and exploitation decides which items became
+discoverable. Synthetic worlds have one discoverability policy ('discoverability'); a ToyWorld
+content world (content.py) one per embedding variant ('discoverability/trained', ...). With
+config.seeds = (s0, s1, ...) the study runs once per seed and reports mean and std.
 """
+import copy
 import json
 import os
 import time
@@ -15,9 +19,10 @@ import jax
 import numpy as np
 from sklearn import metrics
 
-from gemb.proj.coldstart import allocation, baselines, discoverability, simulator
+from gemb.proj.coldstart import allocation, baselines, content, discoverability, simulator
 
-POLICIES = ("discoverability", "uniform", "random", "thompson", "ucb")
+BASELINES = ("uniform", "random", "thompson", "ucb")
+POLICIES = ("discoverability", *BASELINES)  # a synthetic world's policies
 CHUNKED = ("random", "thompson", "ucb")  # the baselines that spend in chunks (size tuned)
 
 
@@ -36,11 +41,15 @@ def _check_config(config):
                      f"{wc.items_per_day}, {wc.history_days}, {wc.tuning_days}, {wc.eval_days}.")
 
 
-def train_model(config, world: simulator.World):
-  """Trains the discoverability model on the history days; returns (model, metrics dict, prior rate)."""
+def train_model(config, world: simulator.World, embeddings: np.ndarray | None = None):
+  """Trains the discoverability model on the history days; returns (model, metrics dict, prior rate).
+
+  `embeddings` [N, D] (default world.embeddings) are the items' content features for the model.
+  """
+  embeddings = world.embeddings if embeddings is None else embeddings
   past = world.day < config.world.history_days
   history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past], config)
-  rows = discoverability.training_rows(history, world.embeddings[past])
+  rows = discoverability.training_rows(history, embeddings[past])
   train_rows, validation_rows = discoverability.split_rows(rows, config.model.validation_fraction,
                                                            config.model.seed)
   model, losses = discoverability.train(train_rows, config.model)
@@ -85,36 +94,48 @@ def tune_chunks(config, world: simulator.World, prior_rate: float) -> dict:
   return chosen
 
 
-def evaluate(config, world: simulator.World, model, prior_rate: float, chunks: dict) -> list[dict]:
-  """Every policy on the evaluation days at every budget level: discoverable items and spend."""
+def evaluate(config, world: simulator.World, models: dict, prior_rate: float, chunks: dict,
+             embedding_sets: dict | None = None) -> list[dict]:
+  """Every policy on the evaluation days at every budget level: discoverable items and spend.
+
+  `models` maps each discoverability policy's name to its model; its embeddings are
+  `embedding_sets[name]` (default world.embeddings).
+  """
+  if not isinstance(models, dict):
+    models = {"discoverability": models}
+  embedding_sets = embedding_sets or {name: world.embeddings for name in models}
+  policies = (*models, *BASELINES)
   first_eval_day = config.world.history_days + config.world.tuning_days
   levels = []
   for level, budget_per_item in enumerate(config.exploration.budget_per_item):
-    results = {name: {"discoverable": 0, "spent": 0, "budget": 0} for name in POLICIES}
-    calibration = {"probabilities": [], "labels": []}
+    results = {name: {"discoverable": 0, "spent": 0, "budget": 0} for name in policies}
+    calibration = {name: {"probabilities": [], "labels": []} for name in models}
     for day in range(first_eval_day, first_eval_day + config.world.eval_days):
       cohort = world.day == day
-      quality, embeddings = world.quality[cohort], world.embeddings[cohort]
+      quality = world.quality[cohort]
       budget = budget_per_item * len(quality)
-      for name in POLICIES:
-        if name == "discoverability":
-          policy = allocation.discoverability_policy(model, embeddings, config.allocation)
+      for name in policies:
+        if name in models:
+          embeddings = embedding_sets[name][cohort]
+          policy = allocation.discoverability_policy(models[name], embeddings, config.allocation)
         else:
           policy = baselines.make_policy(name, config.baselines, chunks[budget_per_item].get(name, 0), prior_rate)
         outcome = _explore(config, quality, policy, budget, (2, level, day))  # same seed for every policy
-        if name == "discoverability":  # calibration where the model is used: its own adaptive allocations
-          curves = discoverability.predict_curves(model, embeddings, outcome.impressions, outcome.clicks)
-          calibration["probabilities"].append(discoverability.discoverability(curves, outcome.impressions))
-          calibration["labels"].append(outcome.discoverable)
+        if name in models:  # calibration where the model is used: its own adaptive allocations
+          curves = discoverability.predict_curves(models[name], embeddings, outcome.impressions, outcome.clicks)
+          calibration[name]["probabilities"].append(discoverability.discoverability(curves, outcome.impressions))
+          calibration[name]["labels"].append(outcome.discoverable)
         results[name]["discoverable"] += int(outcome.discoverable.sum())
         results[name]["spent"] += int(outcome.impressions.sum())
         results[name]["budget"] += budget
     for result in results.values():
       result["impressions_per_discoverable"] = result["spent"] / max(result["discoverable"], 1)
-    explored = np.concatenate(calibration["labels"])
+    ece = {name: discoverability.expected_calibration_error(
+        np.concatenate(c["probabilities"]), np.concatenate(c["labels"]), config.model.ece_bins)
+           for name, c in calibration.items()}
     levels.append({"budget_per_item": budget_per_item, "policies": results,
-                   "model_ece_after_exploration": discoverability.expected_calibration_error(
-                       np.concatenate(calibration["probabilities"]), explored, config.model.ece_bins)})
+                   "model_ece_after_exploration": ece[next(iter(models))],
+                   "model_ece_after_exploration_per_policy": ece})
   return levels
 
 
@@ -139,7 +160,8 @@ def benchmark_allocation(config, model, dim: int) -> dict:
 
 
 def plot_report(report: dict, path: str) -> None:
-  """Discoverable items and exploration cost per budget level for every policy, and the model's calibration."""
+  """Discoverable items and exploration cost per budget level for every policy (mean +- std over
+  seeds where there are several), and the first discoverability model's calibration."""
   import matplotlib
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
@@ -147,26 +169,30 @@ def plot_report(report: dict, path: str) -> None:
   levels = report["budget_levels"]
   x = [level["budget_per_item"] for level in levels]
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-  for name in POLICIES:
-    style = dict(marker="o", linewidth=2.5 if name == "discoverability" else 1.2)
-    axes[0].plot(x, [level["policies"][name]["discoverable"] for level in levels], label=name, **style)
+  for name in report["policies"]:
+    style = dict(marker="o", linewidth=2.5 if name.startswith("discoverability") else 1.2)
+    counts = [level["policies"][name]["discoverable"] for level in levels]
+    spread = [level["policies"][name].get("discoverable_std", 0.0) for level in levels]
+    axes[0].errorbar(x, counts, yerr=spread if any(spread) else None, label=name, capsize=3, **style)
     axes[1].plot(x, [level["policies"][name]["impressions_per_discoverable"] for level in levels],
                  label=name, **style)
+  seeds = report.get("seeds") or []
   axes[0].set(xscale="log", xlabel="exploration budget (impressions per fresh item)",
-              ylabel="discoverable items", title="Discoverable items at equal budget")
+              ylabel="discoverable items" + (f" (mean +- std, {len(seeds)} seeds)" if len(seeds) > 1 else ""),
+              title="Discoverable items at equal budget")
   axes[1].set(xscale="log", xlabel="exploration budget (impressions per fresh item)",
               ylabel="exploration impressions spent per discoverable item", title="Exploration cost")
   for ax in axes[:2]:
     ax.minorticks_off()
     ax.set_xticks(x, [str(v) for v in x])
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
   rel = report["model"]["reliability"]
   seen = [i for i, count in enumerate(rel["count"]) if count > 0]
   axes[2].plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
   axes[2].plot([rel["predicted"][i] for i in seen], [rel["observed"][i] for i in seen], marker="o")
   axes[2].set(xlabel="predicted P(discoverable)", ylabel="observed frequency",
-              title=f"Discoverability model calibration (ECE {report['model']['ece']:.4f})")
+              title=f"{report['policies'][0]} model calibration (ECE {report['model']['ece']:.4f})")
   axes[2].grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -174,12 +200,83 @@ def plot_report(report: dict, path: str) -> None:
 
 
 def _print_table(report: dict) -> None:
-  print("budget/item " + "".join(f"{name:>10}" for name in POLICIES) + "   disc./uniform")
+  policies = report["policies"]
+  widths = [max(10, len(name) + 2) for name in policies]
+  print("budget/item " + "".join(f"{name:>{w}}" for name, w in zip(policies, widths)) + "   first/uniform")
   for level in report["budget_levels"]:
-    counts = [level["policies"][name]["discoverable"] for name in POLICIES]
-    ratio = counts[0] / max(counts[1], 1)
-    print(f"{level['budget_per_item']:>11} " + "".join(f"{c:>10}" for c in counts) + f"   {ratio:.2f}x")
-  print(f"discoverability model ECE {report['model']['ece']:.4f}, AUC {report['model']['auc']}")
+    cells, counts = [], []
+    for name in policies:
+      result = level["policies"][name]
+      counts.append(result["discoverable"])
+      std = f"+-{result['discoverable_std']:.0f}" if "discoverable_std" in result else ""
+      cells.append(f"{result['discoverable']:.0f}{std}")
+    ratio = counts[0] / max(level["policies"]["uniform"]["discoverable"], 1)
+    print(f"{level['budget_per_item']:>11} " + "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
+          + f"   {ratio:.2f}x")
+  print(f"{policies[0]} model ECE {report['model']['ece']:.4f}, AUC {report['model']['auc']}")
+
+
+def seeded(config, seed: int):
+  """The config of seed `seed` of a multi-seed study: world, history, exploration and model seeds
+  moved by 1000 * seed (seed 0 is the config itself)."""
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    for block in ("world", "history", "exploration", "model"):
+      config[block].seed = config[block].seed + 1000 * int(seed)
+  return config
+
+
+def study(config, world: simulator.World, embedding_sets: dict) -> dict:
+  """One world: a discoverability model per embedding set, the bandits' chunks, every policy's
+  outcomes at every budget level."""
+  start = time.perf_counter()
+  models, model_metrics = {}, {}
+  for name, embeddings in embedding_sets.items():
+    models[name], model_metrics[name], prior_rate = train_model(config, world, embeddings)
+  seconds = {"train_model": time.perf_counter() - start}
+  chunks = tune_chunks(config, world, prior_rate)
+  seconds["tune_bandits"] = time.perf_counter() - start - seconds["train_model"]
+  levels = evaluate(config, world, models, prior_rate, chunks, embedding_sets)
+  seconds["evaluate"] = time.perf_counter() - start - seconds["train_model"] - seconds["tune_bandits"]
+  first_eval_day = config.world.history_days + config.world.tuning_days
+  return {"levels": levels, "models": models, "model_metrics": model_metrics, "prior_rate": prior_rate,
+          "chunks": chunks, "seconds": seconds,
+          "eval_items_with_quality_above_threshold": int(
+              (world.quality[world.day >= first_eval_day] >= config.recommender.threshold).sum())}
+
+
+def _aggregate_levels(per_seed: list[list[dict]]) -> list[dict]:
+  """Budget levels with each policy's mean over seeds, its std and the per-seed counts."""
+  levels = []
+  for at_level in zip(*per_seed):
+    policies = {}
+    for name in at_level[0]["policies"]:
+      found = np.array([level["policies"][name]["discoverable"] for level in at_level], np.float64)
+      spent = np.array([level["policies"][name]["spent"] for level in at_level], np.float64)
+      policies[name] = {"discoverable": float(found.mean()), "discoverable_std": float(found.std()),
+                        "discoverable_per_seed": found.astype(int).tolist(), "spent": float(spent.mean()),
+                        "budget": at_level[0]["policies"][name]["budget"],
+                        "impressions_per_discoverable": float(spent.mean() / max(found.mean(), 1.0))}
+    levels.append({"budget_per_item": at_level[0]["budget_per_item"], "policies": policies,
+                   "model_ece_after_exploration": float(np.mean(
+                       [level["model_ece_after_exploration"] for level in at_level]))})
+  return levels
+
+
+def _worlds(config, workdir: str):
+  """make(config) -> (World, {policy name: embeddings}) for the configured world source."""
+  source = config.world.get("source", "synthetic")
+  if source == "toyworld":
+    items = content.toyworld_catalogue(config)
+    sets = content.embedding_sets(config, items, workdir)
+    return lambda c: content.make_world(c, items, sets)
+  if source != "synthetic":
+    raise ValueError(f"config.world.source={source!r}; use 'synthetic' or 'toyworld'")
+
+  def make(c):
+    world = simulator.make_world(c)
+    return world, {"discoverability": world.embeddings}
+  return make
 
 
 def run(config, workdir: str) -> dict:
@@ -187,46 +284,68 @@ def run(config, workdir: str) -> dict:
   import matplotlib
 
   _check_config(config)
+  if config.get("catalogue"):  # the service path: allocate a day's traffic to a platform's catalogue
+    from gemb.proj.coldstart import service  # pylint: disable=g-import-not-at-top
+    return service.run(config, workdir)
   start = time.perf_counter()
-  seconds = {}
-  world = simulator.make_world(config)
-  model, model_metrics, prior_rate = train_model(config, world)
-  seconds["train_model"] = time.perf_counter() - start
-  chunks = tune_chunks(config, world, prior_rate)
-  seconds["tune_bandits"] = time.perf_counter() - start - seconds["train_model"]
-  levels = evaluate(config, world, model, prior_rate, chunks)
-  seconds["evaluate"] = time.perf_counter() - start - seconds["train_model"] - seconds["tune_bandits"]
-  benchmark = (benchmark_allocation(config, model, world.embeddings.shape[1])
+  make = _worlds(config, workdir)
+  seconds = {"embed": time.perf_counter() - start}
+  seeds = tuple(config.get("seeds") or ())
+  studies = []
+  for seed in seeds or (None,):
+    seed_config = config if seed is None else seeded(config, seed)
+    world, embedding_sets = make(seed_config)
+    studies.append(study(seed_config, world, embedding_sets))
+    if seed is not None:
+      print(f"[coldstart] seed {seed}: " + ", ".join(
+          f"{name} {result['discoverable']}" for name, result in next(
+              level for level in studies[-1]["levels"] if level["budget_per_item"] ==
+              config.exploration.default_budget_per_item)["policies"].items()), flush=True)
+  first = studies[0]
+  policies = list(first["levels"][0]["policies"])
+  main_policy = policies[0]
+  for key in first["seconds"]:
+    seconds[key] = sum(s["seconds"][key] for s in studies)
+  benchmark = (benchmark_allocation(config, first["models"][main_policy],
+                                    next(iter(embedding_sets.values())).shape[1])
                if config.exploration.benchmark_items else None)
+  levels = first["levels"] if len(studies) == 1 else _aggregate_levels([s["levels"] for s in studies])
 
   default = next(level for level in levels
                  if level["budget_per_item"] == config.exploration.default_budget_per_item)
-  discoverable = {name: default["policies"][name]["discoverable"] for name in POLICIES}
+  discoverable = {name: default["policies"][name]["discoverable"] for name in policies}
   best_bandit = max(("thompson", "ucb"), key=lambda name: discoverable[name])
-  best_baseline = max(("uniform", "random", "thompson", "ucb"), key=lambda name: discoverable[name])
+  best_baseline = max(BASELINES, key=lambda name: discoverable[name])
   eval_items = int(config.world.items_per_day * config.world.eval_days)
   report = {
       "discoverable": discoverable,
-      "ratio_to_uniform": {name: discoverable[name] / max(discoverable["uniform"], 1) for name in POLICIES},
-      "ratio_to_best_bandit": discoverable["discoverability"] / max(discoverable[best_bandit], 1),
+      "policies": policies,
+      "ratio_to_uniform": {name: discoverable[name] / max(discoverable["uniform"], 1) for name in policies},
+      "ratio_to_best_bandit": discoverable[main_policy] / max(discoverable[best_bandit], 1),
       "best_bandit": best_bandit,
-      "ratio_to_best_baseline": discoverable["discoverability"] / max(discoverable[best_baseline], 1),
+      "ratio_to_best_baseline": discoverable[main_policy] / max(discoverable[best_baseline], 1),
       "best_baseline": best_baseline,
       "default_budget_per_item": config.exploration.default_budget_per_item,
       "eval_items": eval_items,
-      "eval_items_with_quality_above_threshold": int(
-          (world.quality[world.day >= config.world.history_days + config.world.tuning_days]
-           >= config.recommender.threshold).sum()),
+      "eval_items_with_quality_above_threshold": first["eval_items_with_quality_above_threshold"],
       "budget_levels": levels,
-      "bandit_chunk": {str(k): v for k, v in chunks.items()},
-      "thompson_prior_rate": prior_rate,
-      "model": model_metrics,
-      "ece": model_metrics["ece"],
+      "bandit_chunk": {str(k): v for k, v in first["chunks"].items()},
+      "thompson_prior_rate": first["prior_rate"],
+      "model": first["model_metrics"][main_policy],
+      "models": first["model_metrics"],
+      "ece": first["model_metrics"][main_policy]["ece"],
       "allocation_benchmark": benchmark,
       "seconds": {**seconds, "total": time.perf_counter() - start},
       "versions": {"jax": jax.__version__, "numpy": np.__version__, "matplotlib": matplotlib.__version__},
       "config": config.to_dict(),
   }
+  if seeds:
+    report["seeds"] = list(seeds)
+    report["discoverable_std"] = {name: default["policies"][name]["discoverable_std"] for name in policies}
+    report["per_seed"] = [{"seed": seed, "budget_levels": s["levels"],
+                           "ece": {name: m["ece"] for name, m in s["model_metrics"].items()},
+                           "bandit_chunk": {str(k): v for k, v in s["chunks"].items()}}
+                          for seed, s in zip(seeds, studies)]
   out_dir = os.path.join(workdir, "coldstart")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "report.json"), "w") as f:

@@ -1,0 +1,176 @@
+"""Catalogues of items as content: a JSONL file of parts, or ToyWorld scenes.
+
+A catalogue file has one item per line, parts in the manifest's format (gemb/datasets/manifest.py,
+paths relative to the file's folder):
+
+  {"item_id": "sku-17", "content": [{"text": "a red circle"}, {"image": "img/17.png"}]}
+
+  item_id   a non-empty string, unique in the file.
+  content   a non-empty list of parts, each {"text": str} or {"image" | "audio" | "video": path}.
+  other keys are kept (`Item.extra`) and ignored.
+
+`read_catalogue` checks every line and that every part's file exists (errors name "FILE:LINE" and
+the field); `load_content` decodes an item's files, naming the line if one cannot be read. A
+ToyWorld catalogue (`toyworld_items`) is one scene per item: its caption, image, sound and video,
+with the scene's attributes kept for the simulated users' taste (never shown to a policy).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+from PIL import Image
+
+from gemb.data import features
+from gemb.datasets import toyworld
+
+
+class CatalogueError(ValueError):
+  """A catalogue line cannot be read; the message names the file, the line and the field."""
+
+
+class Item(NamedTuple):
+  item_id: str
+  content: list  # parts: {"text": str} or {modality: path or array}
+  origin: str  # "FILE:LINE" (or "toyworld:INDEX"), for error messages
+  root: str = ""  # folder that part paths are relative to
+  scene: Any = None  # the ToyWorld scene (a tuple of toyworld.Obj); None for a file's items
+
+
+def _check_line(record: Any) -> tuple[str, list]:
+  """(item_id, content) of one decoded line; ValueError names the field."""
+  if not isinstance(record, dict):
+    raise ValueError(f"a line is a JSON object, got {type(record).__name__}")
+  if "item_id" not in record:
+    raise ValueError("field 'item_id' is missing")
+  item_id = record["item_id"]
+  if not isinstance(item_id, str) or not item_id:
+    raise ValueError(f"field 'item_id' must be a non-empty string, got {item_id!r}")
+  content = record.get("content")
+  if not isinstance(content, list) or not content:
+    raise ValueError("field 'content' must be a non-empty list of parts, e.g. "
+                     "[{\"text\": \"a red circle\"}, {\"image\": \"img/0.png\"}]")
+  for i, part in enumerate(content):
+    try:
+      modality = features.modality_of(part)
+    except ValueError as e:
+      raise ValueError(f"content[{i}]: {e}") from None
+    if not isinstance(part[modality], str):
+      what = "a string" if modality == "text" else "a file path (string)"
+      raise ValueError(f"content[{i}].{modality} must be {what}, got "
+                       f"{type(part[modality]).__name__}")
+  return item_id, content
+
+
+def read_catalogue(path: str) -> list[Item]:
+  """Every item of the catalogue file `path`; CatalogueError names the first bad line."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"catalogue {path!r} does not exist (config.catalogue)")
+  root = os.path.dirname(os.path.abspath(path))
+  items, first_line = [], {}
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      if not raw.strip():
+        continue
+      origin = f"{path}:{number}"
+      try:
+        item_id, content = _check_line(json.loads(raw))
+      except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise CatalogueError(f"{origin}: {e}") from None
+      if item_id in first_line:
+        raise CatalogueError(f"{origin}: duplicate item_id {item_id!r} (first on line "
+                             f"{first_line[item_id]}); give every item its own id")
+      first_line[item_id] = number
+      for i, part in enumerate(content):
+        (modality,) = part
+        if modality != "text" and not os.path.isfile(os.path.join(root, part[modality])):
+          raise CatalogueError(f"{origin} content[{i}].{modality}: {modality} file "
+                               f"{os.path.join(root, part[modality])!r} does not exist")
+      items.append(Item(item_id, content, origin, root))
+  if not items:
+    raise CatalogueError(f"catalogue {path!r} has no items")
+  return items
+
+
+def load_content(item: Item, feature_config: features.FeatureConfig) -> list[dict]:
+  """The item's parts with files decoded to arrays; CatalogueError names the line and part."""
+  parts = []
+  for i, part in enumerate(item.content):
+    modality = features.modality_of(part)
+    try:
+      parts.append(features.load_part(part, feature_config, item.root))
+    except (ValueError, OSError) as e:
+      raise CatalogueError(f"{item.origin} content[{i}].{modality}: {e}") from e
+  return parts
+
+
+def content_hash(item: Item) -> str:
+  """A digest of the item's content as given (text and paths, or array bytes): a changed item
+  under the same id is re-embedded."""
+  digest = hashlib.sha1()
+  for part in item.content:
+    (modality, value), = part.items()
+    digest.update(modality.encode())
+    if isinstance(value, str):
+      digest.update(value.encode())
+    else:
+      value = np.ascontiguousarray(value)
+      digest.update(f"{value.dtype}{value.shape}".encode())
+      digest.update(value.tobytes())
+  return digest.hexdigest()[:16]
+
+
+def toyworld_items(num_items: int, seed: int, split: str, world_config,
+                   caption_aspect: str = "video") -> list[Item]:
+  """`num_items` ToyWorld scenes as items: [caption, image, sound, video] of each.
+
+  Scenes and renderings come from the rng stream [seed, 1_000_003, index], which no training
+  task uses (theirs is [seed, split id, task id, index]): renderings no model was trained on.
+  split 'train' draws the training (shape, colour) pairs, 'eval' puts a held-out pair in every
+  scene.
+  """
+  world_config = toyworld.WorldConfig.from_config(world_config)
+  items = []
+  for index in range(num_items):
+    rng = np.random.default_rng([seed, 1_000_003, index])
+    scene = toyworld.sample_scene(rng, split, world_config)
+    content = [{"text": toyworld.render_caption(scene, rng, "en", caption_aspect)},
+               {"image": toyworld.render_image(scene, rng, world_config)},
+               {"audio": toyworld.render_audio(scene, rng, world_config)},
+               {"video": toyworld.render_video(scene, rng, world_config)}]
+    items.append(Item(f"toyworld-{seed}-{index}", content, f"toyworld:{index}", scene=scene))
+  return items
+
+
+def write_catalogue(path: str, items: Sequence[Item]) -> None:
+  """Writes items with array parts as a catalogue file plus media files beside it (PNG, 16-bit
+  WAV at 16 kHz, .npy video): a platform's catalogue, for the service path and its tests."""
+  from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.abspath(path))
+  os.makedirs(os.path.join(root, "media"), exist_ok=True)
+  lines = []
+  for number, item in enumerate(items):
+    content = []
+    for i, part in enumerate(item.content):
+      (modality, value), = part.items()
+      if modality == "text" or isinstance(value, str):
+        content.append({modality: value})
+        continue
+      stem = os.path.join("media", f"{number:06d}_{i}")
+      if modality == "image":
+        name = stem + ".png"
+        Image.fromarray(np.asarray(value, np.uint8)).save(os.path.join(root, name))
+      elif modality == "audio":
+        name = stem + ".wav"
+        pcm = np.clip(np.round(np.asarray(value) * 32768), -32768, 32767).astype(np.int16)
+        wavfile.write(os.path.join(root, name), features.RAW_AUDIO_RATE, pcm)
+      else:
+        name = stem + ".npy"
+        np.save(os.path.join(root, name), np.asarray(value, np.uint8))
+      content.append({modality: name})
+    lines.append(json.dumps({"item_id": item.item_id, "content": content}))
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")

@@ -1,0 +1,76 @@
+"""The content world: ToyWorld items, their taste-based quality, and their embeddings per variant.
+
+`config.world.source='toyworld'`: the catalogue is `items_per_day * days` ToyWorld scenes
+(catalogue.toyworld_items); quality comes from the users' taste over the scenes' attributes
+(taste.py); the discoverability policy runs once per embedding variant of `config.world.variants`:
+
+  trained      the gemb model of config.embedder (bundle or checkpoint)
+  random_init  the same architecture at random init
+  no_content   no content at all (a constant embedding: engagement only)
+
+Embeddings are computed once per catalogue (cached by item id); each seed re-draws the taste,
+the noise and which items arrive on which day.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from gemb.proj.coldstart import catalogue, embedder, simulator, taste
+
+VARIANTS = ("trained", "random_init", "no_content")
+
+
+def policy_name(variant: str) -> str:
+  return f"discoverability/{variant}"
+
+
+def num_items(config) -> int:
+  wc = config.world
+  return wc.items_per_day * (wc.history_days + wc.tuning_days + wc.eval_days)
+
+
+def toyworld_catalogue(config) -> list[catalogue.Item]:
+  tc = config.world.toyworld
+  world = tc.world.to_dict() if hasattr(tc.world, "to_dict") else tc.world
+  return catalogue.toyworld_items(num_items(config), tc.seed, tc.split, world, tc.caption_aspect)
+
+
+def cache_dir(config, workdir: str) -> str:
+  return config.embedder.cache_dir or os.path.join(workdir, "coldstart", "embedding_cache")
+
+
+def embedding_sets(config, items, workdir: str) -> dict[str, np.ndarray]:
+  """{policy name: [N, D] embeddings of `items`} for every variant of config.world.variants."""
+  variants = tuple(config.world.variants)
+  unknown = set(variants) - set(VARIANTS)
+  if not variants or unknown:
+    raise ValueError(f"config.world.variants={variants}: give one or more of {VARIANTS}")
+  sets = {}
+  for variant in variants:
+    if variant == "no_content":
+      sets[policy_name(variant)] = np.zeros((len(items), 1), np.float32)
+      continue
+    encoder = embedder.item_encoder(config.embedder, variant)
+    sets[policy_name(variant)] = embedder.embed_items(
+        encoder, items, batch_size=config.embedder.batch_size, combine=config.embedder.combine,
+        cache_dir=cache_dir(config, workdir))
+  return sets
+
+
+def make_world(config, items, sets: dict[str, np.ndarray]) -> tuple[simulator.World, dict]:
+  """(World, {policy name: embeddings in the world's item order}) for config.world.seed."""
+  wc = config.world
+  n = num_items(config)
+  if len(items) != n:
+    raise ValueError(f"the catalogue has {len(items)} items but the world needs {n}")
+  rng = np.random.default_rng(wc.seed)
+  order = rng.permutation(n)
+  utilities = taste.attribute_utilities(wc.seed, {name: float(wc.taste.attributes[name]) for name in wc.taste.attributes})
+  scene_taste = taste.scene_taste([items[i].scene for i in order], utilities)
+  quality = taste.quality_from_taste(rng, scene_taste, wc.base_logit, wc.content_scale,
+                                     wc.noise_scale)
+  day = np.repeat(np.arange(n // wc.items_per_day, dtype=np.int32), wc.items_per_day)
+  ordered = {name: simulator.check_embeddings(e[order], name=name) for name, e in sets.items()}
+  return simulator.World(next(iter(ordered.values())), quality, day), ordered

@@ -1,0 +1,136 @@
+"""The content world end to end: ToyWorld items embedded by an encoder, the report's keys, the
+service path through a serving bundle, and a real (tiny, random-init) gemb encoder."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from configs.proj import coldstart
+from gemb.data import features
+from gemb.proj.coldstart import catalogue, content, embedder, report
+from tests import serve_helpers, tiny_config
+
+TINY_FEATURES = features.FeatureConfig.from_config(tiny_config.get_config().model)
+
+
+def _pixel_encoder(embedder_config, variant):
+  """A cheap stand-in model: the image's brightest colour per channel ('trained' sees colour;
+  'random_init' sees it through a fixed random mixing plus noise)."""
+  del embedder_config
+  mixing = np.random.default_rng(0).standard_normal((4, 4))
+
+  def embed_fn(inputs):
+    rows = []
+    for parts in inputs:
+      image = next(part["image"] for part in parts if "image" in part)
+      row = np.concatenate([image.reshape(-1, 3).max(0) / 255.0, [1.0]])
+      rows.append(row if variant == "trained" else np.tanh(mixing @ row))
+    return np.asarray(rows, np.float32)
+  return embedder.ItemEncoder(variant, f"pixels-{variant}", embed_fn, TINY_FEATURES)
+
+
+@pytest.fixture(scope="module")
+def toyworld_report(tmp_path_factory):
+  patch = pytest.MonkeyPatch()
+  patch.setattr(embedder, "item_encoder", _pixel_encoder)
+  workdir = tmp_path_factory.mktemp("coldstart_toyworld")
+  config = coldstart.get_config("toyworld_tiny")
+  config.seeds = (0, 1)
+  try:
+    result = report.run(config, str(workdir))
+  finally:
+    patch.undo()
+  return config, workdir, result
+
+
+def test_report_has_every_variant_and_baseline_with_mean_and_std(toyworld_report):
+  config, workdir, result = toyworld_report
+  expected = {"discoverability/trained", "discoverability/random_init", "discoverability/no_content",
+              "uniform", "random", "thompson", "ucb"}
+  with open(workdir / "coldstart" / "report.json") as f:
+    written = json.load(f)
+  assert set(written["discoverable"]) == expected == set(written["discoverable_std"])
+  assert written["seeds"] == [0, 1] and len(written["per_seed"]) == 2
+  for level in written["budget_levels"]:
+    for name, outcome in level["policies"].items():
+      per_seed = outcome["discoverable_per_seed"]
+      assert outcome["discoverable"] == pytest.approx(np.mean(per_seed))
+      assert outcome["discoverable_std"] == pytest.approx(np.std(per_seed))
+      assert outcome["spent"] <= outcome["budget"], name
+  assert (workdir / "coldstart" / "coldstart.png").exists()
+
+
+def test_seeds_change_the_world_but_not_the_catalogue(toyworld_report):
+  config, workdir, result = toyworld_report
+  items = content.toyworld_catalogue(config)
+  sets = {"discoverability/trained": np.ones((len(items), 2), np.float32)}
+  worlds = [content.make_world(report.seeded(config, seed), items, sets)[0] for seed in (0, 1)]
+  assert not np.allclose(worlds[0].quality, worlds[1].quality)
+  again = content.make_world(report.seeded(config, 0), items, sets)[0]
+  np.testing.assert_array_equal(worlds[0].quality, again.quality)
+  # The cache holds both variants' rows of every item: a rerun embeds nothing.
+  cached = sorted(p.name for p in (workdir / "coldstart" / "embedding_cache").iterdir())
+  assert cached == ["pixels-random_init-joint.npz", "pixels-trained-joint.npz"]
+
+
+def test_content_predicts_quality_through_the_trained_embedding(toyworld_report):
+  # The stand-in 'trained' model sees colour, one of the taste's attributes: with only colour in
+  # the taste, the discoverability model reads quality from content (AUC above no_content's).
+  config = coldstart.get_config("toyworld_tiny")
+  config.world.taste.attributes = dict(colour=1.0)
+  config.world.noise_scale = 0.3
+  items = content.toyworld_catalogue(config)
+  sets = {name: np.asarray(embedder.embed_items(_pixel_encoder(None, variant), items, batch_size=256,
+                                                combine="joint", log=lambda line: None))
+          for name, variant in (("trained", "trained"),)}
+  sets["no_content"] = np.zeros((len(items), 1), np.float32)
+  world, ordered = content.make_world(config, items, sets)
+  auc = {name: report.train_model(config, world, ordered[name])[1]["auc"] for name in ordered}
+  assert auc["trained"] > auc["no_content"] + 0.02
+
+
+def test_service_writes_per_item_impressions_within_the_budget(tmp_path):
+  bundle = serve_helpers.tiny_bundle(str(tmp_path / "bundle"))
+  path = str(tmp_path / "shop" / "catalogue.jsonl")
+  (tmp_path / "shop").mkdir()
+  catalogue.write_catalogue(path, catalogue.toyworld_items(40, seed=9, split="train", world_config=None))
+  config = coldstart.get_config("toyworld_tiny")
+  config.catalogue, config.bundle = path, bundle
+  config.service.history_items = 200
+  config.service.budget_per_item = 5
+  summary = report.run(config, str(tmp_path / "run"))
+  with open(tmp_path / "run" / "coldstart" / "allocation.jsonl") as f:
+    rows = [json.loads(line) for line in f]
+  assert [row["item_id"] for row in rows] == [f"toyworld-9-{i}" for i in range(40)]
+  impressions = np.array([row["impressions"] for row in rows])
+  assert impressions.min() >= 0 and 0 < impressions.sum() <= 5 * 40 == summary["budget"]
+  assert impressions.max() <= config.allocation.max_traffic_per_item
+  assert all(0.0 <= row["p_discoverable"] <= 1.0 for row in rows)
+  # With engagement so far and a CSV output; the cache means nothing is embedded again.
+  engagement = tmp_path / "today.jsonl"
+  engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 50, "clicks": 20}) + "\n")
+  config.service.engagement, config.service.output = str(engagement), str(tmp_path / "out.csv")
+  summary = report.run(config, str(tmp_path / "run"))
+  with open(tmp_path / "out.csv") as f:
+    table = list(csv.DictReader(f))
+  assert len(table) == 40 and sum(int(row["impressions"]) for row in table) <= summary["budget"]
+  engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 5, "clicks": 9}) + "\n")
+  with pytest.raises(catalogue.CatalogueError, match=r"today.jsonl:1: needs 0 <= clicks <= impressions"):
+    report.run(config, str(tmp_path / "run"))
+
+
+def test_random_init_encoder_embeds_items_through_gemb(tmp_path):
+  config = coldstart.get_config("toyworld_tiny")
+  config.embedder.model_config = "tests/tiny_config.py"
+  items = catalogue.toyworld_items(5, seed=0, split="train", world_config=dict(audio_seconds=0.64))
+  encoder = embedder.item_encoder(config.embedder, "random_init")
+  rows = embedder.embed_items(encoder, items, batch_size=4, combine="joint", cache_dir=str(tmp_path))
+  assert rows.shape == (5, 32)
+  np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
+  assert np.abs(rows[0] - rows[1]).max() > 1e-4  # different items, different rows
+  config.embedder.random_init_seed = 1
+  assert embedder.item_encoder(config.embedder, "random_init").fingerprint != encoder.fingerprint
+  with pytest.raises(ValueError, match="config.embedder needs a model"):
+    embedder.item_encoder(config.embedder, "trained")
+
