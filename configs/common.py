@@ -151,7 +151,8 @@ def data(**overrides) -> ml_collections.ConfigDict:
       toyworld=None,  # ToyWorld WorldConfig overrides (gemb/datasets/toyworld/scenes.py)
       manifest="",  # path of a JSONL manifest (gemb/datasets/manifest.py)
       tfds=None,  # {task: {name, split, data_dir, query, positive[, negative]}}
-      hf=None,  # {task: {path, format, split, query, positive[, negative]}} (gemb/datasets/hf.py)
+      # {task: {path, format, split, query, positive[, negative][, streaming, shuffle_buffer]}}
+      hf=None,  # (gemb/datasets/hf.py)
       worker_count=0,  # worker processes (0: batches are built in this process' threads)
       worker_buffer_size=2,  # batches each worker keeps ready
       read_threads=1,  # threads building batches in each process (0: on demand)
@@ -193,6 +194,9 @@ def optim(**overrides) -> ml_collections.ConfigDict:
       eps=1e-8,
       clip_norm=1.0,
       accumulate_steps=1,
+      # K > 1: GradCache, the batch embedded in K chunks so activations are one chunk's; the
+      # loss and gradients stay the whole batch's (needs fused_step=True; K x shards | batch).
+      grad_cache_chunks=1,
       # The backbone (text stem, blocks, final norm: what a pretrained checkpoint gives) at this
       # multiple of the lr for the first backbone_multiplier_steps steps (0: all); 0 freezes it.
       backbone_lr_multiplier=1.0,

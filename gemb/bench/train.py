@@ -14,6 +14,12 @@ layout), side by side, and the last column is fused/per-side steps/s.
 
 It runs under tcmalloc where that is installed (gemb/runtime/allocator.py);
 `GEMB_ALLOCATOR=system python -m gemb.bench.train` measures with glibc's malloc.
+
+On an accelerator, a model preset on ToyWorld, its MFU over the chip's datasheet peak (what
+launch/device_check.sh runs: presets S and B, bf16 compute, the fused step):
+
+  python -m gemb.bench.train --configs=configs/toyworld.py --preset=B --tasks=text_to_image \
+      --stages=prefinetune --batch_size=256 --step_kinds=fused --peak_tflops=989
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import time
 import jax
 from absl import app, flags
 
+from configs import common
 from gemb import sharding
 from gemb.runtime import allocator
 from gemb.data import pipeline
@@ -30,16 +37,50 @@ from gemb.model.flops import encoder_flops
 from gemb.train import lowering, metrics, trainer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("configs", ["configs/smoke.py", "configs/toyworld.py"], "Config files.")
-flags.DEFINE_integer("steps", 20, "Timed steps per stage (cycling over the mixture's tasks).")
-flags.DEFINE_list("step_kinds", ["fused", "per_side"], "config.fused_step values to compare.")
+
+
+def _define_flags():
+  """The command line's flags, defined when run (importing the module for `memory_mib` must not
+  define flags that another module of the same process defines)."""
+  flags.DEFINE_list("configs", ["configs/smoke.py", "configs/toyworld.py"], "Config files.")
+  flags.DEFINE_integer("steps", 20, "Timed steps per stage (cycling over the mixture's tasks).")
+  flags.DEFINE_list("step_kinds", ["fused", "per_side"], "config.fused_step values to compare.")
+  flags.DEFINE_string("preset", None, "Model preset (configs/common.py MODEL_SIZES) replacing "
+                      "each config's model: common.toyworld_model(preset), its dtype and remat.")
+  flags.DEFINE_list("stages", None, "Training stages to time (default: all).")
+  flags.DEFINE_list("tasks", None, "Mixture tasks to keep in every stage (default: all).")
+  flags.DEFINE_integer("batch_size", None, "Global batch size of every mixture task.")
+  flags.DEFINE_float("peak_tflops", 0.0, "Peak FLOP/s per device for MFU, in TFLOP/s (e.g. a "
+                     "datasheet's dense bf16 figure); 0: the f32 matmul peak measured at start.")
 
 
 def _load(path: str):
+  """The config file at `path`, with the --preset, --tasks and --batch_size overrides."""
   spec = importlib.util.spec_from_file_location("bench_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  config = module.get_config()
+  if FLAGS.preset:
+    config.model = common.toyworld_model(FLAGS.preset)
+    config.data.toyworld = common.toyworld_world(config.model)
+  for name in config.stage_order:
+    stage = config.stages[name]
+    if stage.get("type", "train") != "train":
+      continue
+    tasks = [task for task in stage.mixture if not FLAGS.tasks or task in FLAGS.tasks]
+    if not tasks:
+      raise ValueError(f"--tasks={FLAGS.tasks}: none is in {path}'s stage {name} "
+                       f"({sorted(stage.mixture)})")
+    stage.mixture = {task: {**stage.mixture[task].to_dict(),
+                            **({"batch_size": FLAGS.batch_size} if FLAGS.batch_size else {})}
+                     for task in tasks}
+  return config
+
+
+def memory_mib(analysis) -> float:
+  """Per-device MiB of a compiled program: its arguments (params, optimizer state, batch) plus
+  temporaries, from `compiled.memory_analysis()`."""
+  return (analysis.argument_size_in_bytes + analysis.temp_size_in_bytes) / 2**20
 
 
 def bench_stage(config, name: str, mesh, peak: float, steps: int) -> dict:
@@ -82,16 +123,16 @@ def step_memory_mib(config, name: str, mesh) -> float:
   analysis (arguments: params, optimizer state, batch; plus temporaries), in MiB."""
   programs = [lowered for (stage, _), lowered in lowering.lower_stages(config, mesh).items()
               if stage == name]
-  analyses = [program.compile().memory_analysis() for program in programs]
-  return max(a.argument_size_in_bytes + a.temp_size_in_bytes for a in analyses) / 2**20
+  return max(memory_mib(program.compile().memory_analysis()) for program in programs)
 
 
 def main(argv):
   del argv
-  peak = metrics.measure_matmul_peak()
-  print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s per device, "
-        f"memory allocator: {allocator.in_use()}")
+  peak = FLAGS.peak_tflops * 1e12 or metrics.measure_matmul_peak()
+  print(f"jax {jax.__version__}, {jax.device_count()} {jax.devices()[0].platform} device(s) "
+        f"({jax.devices()[0].device_kind}), "
+        f"{'given' if FLAGS.peak_tflops else 'measured f32 matmul'} peak "
+        f"{peak / 1e9:.1f} GFLOP/s per device, memory allocator: {allocator.in_use()}")
   print(f"{'config':<22} {'stage':<12} {'step':<9} {'tasks':>5} {'compile s':>10} "
         f"{'steps/s':>8} {'examples/s':>11} {'MFU':>6} {'mem MiB':>8} {'fused/per-side':>15}")
   for path in FLAGS.configs:
@@ -99,6 +140,8 @@ def main(argv):
     mesh = sharding.make_mesh(config.mesh)
     for name in config.stage_order:
       if config.stages[name].get("type", "train") != "train":
+        continue
+      if FLAGS.stages and name not in FLAGS.stages:
         continue
       rates = {}
       for kind in FLAGS.step_kinds:
@@ -114,5 +157,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   allocator.use_tcmalloc()  # GEMB_ALLOCATOR=system to bench glibc's malloc instead
   app.run(main)

@@ -26,7 +26,7 @@ LOSS_KEYS = {"type", "temperature", "learn_temperature", "temperature_min", "tem
              "symmetric", "block_size", "mrl_weights", "siglip_bias"}
 OPTIM_KEYS = {"lr", "schedule", "warmup_steps", "final_lr_fraction", "weight_decay", "b1", "b2",
               "eps", "clip_norm", "accumulate_steps", "backbone_lr_multiplier",
-              "backbone_multiplier_steps"}
+              "backbone_multiplier_steps", "grad_cache_chunks"}
 CHECKPOINT_KEYS = {"every", "keep", "async_save"}
 DATA_KEYS = {"source", "seed", "split", "toyworld_size", "toyworld_seed", "toyworld", "manifest",
              "tfds", "hf", "worker_count", "worker_buffer_size", "read_threads", "prefetch",
@@ -239,8 +239,14 @@ def check(config: ConfigDict, device_count: int, process_count: int = 1,
         raise ConfigError(f"{where}.init='previous' but {name!r} is the first stage")
       mixture(stage.get("mixture"), f"{where}.mixture", batch_shards, process_count)
       block_size = int((stage.get("loss") or {}).get("block_size", config.loss.block_size) or 0)
+      chunks = grad_cache_chunks(config, name)
       for task in stage.mixture:
         batch = int(stage.mixture[task].batch_size)
+        if batch % (chunks * batch_shards):  # each chunk splits evenly over the batch shards
+          raise ConfigError(
+              f"{where}.mixture.{task}.batch_size={batch} is not a multiple of "
+              f"optim.grad_cache_chunks={chunks} x {batch_shards} batch shards of config.mesh "
+              f"(config.optim.grad_cache_chunks, or {where}.optim.grad_cache_chunks)")
         if block_size and batch % block_size:  # the loss walks the gathered batch in blocks
           raise ConfigError(f"{where}.mixture.{task}.batch_size={batch} is not a multiple of the "
                             f"loss block_size {block_size} (config.loss.block_size, or "
@@ -253,6 +259,20 @@ def check(config: ConfigDict, device_count: int, process_count: int = 1,
     else:
       raise ConfigError(f"{where}.type={kind!r}: use 'train', 'distill' or 'soup'")
     seen.append(name)
+
+
+def grad_cache_chunks(config: ConfigDict, name: str) -> int:
+  """Training stage `name`'s optim.grad_cache_chunks (its override or config.optim's), checked:
+  an int >= 1, and > 1 only with the fused step (GradCache is a form of it)."""
+  where = f"config.stages.{name}.optim.grad_cache_chunks"
+  chunks = (config.stages[name].get("optim") or {}).get("grad_cache_chunks")
+  if chunks is None:
+    where, chunks = "config.optim.grad_cache_chunks", config.optim.grad_cache_chunks
+  if not isinstance(chunks, int) or chunks < 1:
+    raise ConfigError(f"{where}={chunks!r} must be an int >= 1 (1: no GradCache)")
+  if chunks > 1 and not config.fused_step:
+    raise ConfigError(f"{where}={chunks} needs the fused step: set config.fused_step=True")
+  return chunks
 
 
 def _check_reference(ref: str, where: str, earlier: list[str], workdir: str | None) -> None:

@@ -89,7 +89,8 @@ def lower_stages(config: ConfigDict, mesh, teacher_dim: int | None = None) -> di
     fused = jax.jit(functools.partial(
         step.train_step, graphdef=graphdef, tx=tx, schedule=schedule, loss_cfg=loss_cfg,
         loss_fn=step.make_loss(loss_cfg, config.model.mrl_dims, mesh, distill),
-        accumulate_steps=optim_cfg.accumulate_steps))
+        accumulate_steps=optim_cfg.accumulate_steps,
+        grad_cache_chunks=optim_cfg.grad_cache_chunks))
     settings = step.loss_settings(loss_cfg, distill)
     tasks = pipeline.make_tasks(config.data, config.model, stage.mixture,
                                 hard_negatives=stage.get("hard_negatives", True),

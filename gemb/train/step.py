@@ -143,10 +143,17 @@ def _finish(state, grads, loss, terms, tx, schedule, loss_cfg, accumulate_steps)
 
 def train_step(state: dict, batch: dict, settings: dict, *, graphdef, loss_fn: Callable,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
-               loss_cfg: ConfigDict, accumulate_steps: int = 1) -> tuple[dict, dict]:
+               loss_cfg: ConfigDict, accumulate_steps: int = 1,
+               grad_cache_chunks: int = 1) -> tuple[dict, dict]:
   """One optimizer (micro-)step on a batch dict of sides + query_id / positive_id (+ teacher
   embeddings), fused into one program (jit it with the state donated): the fastest step on
-  accelerators. `settings`: the loss's (`loss_settings`)."""
+  accelerators. `settings`: the loss's (`loss_settings`). With `grad_cache_chunks` K > 1 it is
+  `grad_cache_step`'s: the same loss and gradients with the activations of one chunk of B/K
+  rows held at a time."""
+  if grad_cache_chunks > 1:
+    return grad_cache_step(state, batch, settings, graphdef=graphdef, loss_fn=loss_fn, tx=tx,
+                           schedule=schedule, loss_cfg=loss_cfg,
+                           accumulate_steps=accumulate_steps, chunks=grad_cache_chunks)
 
   keys = {name: dropout_key(state, name) for name in SIDES}
 
@@ -156,6 +163,68 @@ def train_step(state: dict, batch: dict, settings: dict, *, graphdef, loss_fn: C
     return loss_fn(params, query, positive, negative, batch, settings)
 
   (loss, terms), grads = jax.value_and_grad(objective, has_aux=True)(state["params"])
+  return _finish(state, grads, loss, terms, tx, schedule, loss_cfg, accumulate_steps)
+
+
+def chunk(tree, chunks: int, k) -> dict:
+  """Chunk `k` of `chunks` of [B, ...] leaves: rows k, K + k, 2K + k, ... ([B/K, ...]), so that
+  each device's rows of a batch sharded over its leading axis split evenly into every chunk (no
+  data moves between devices, and the [B/K, K, ...] view is a reshape, not a copy)."""
+  return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(
+      x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]), k, axis=1, keepdims=False), tree)
+
+
+def grad_cache_step(state: dict, batch: dict, settings: dict, *, graphdef, loss_fn: Callable,
+                    tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    loss_cfg: ConfigDict, accumulate_steps: int = 1,
+                    chunks: int = 2) -> tuple[dict, dict]:
+  """`train_step` by GradCache (Gao et al., 2021): a contrastive batch too big for the encoder's
+  activations, with the loss still over the whole (gathered) batch.
+
+  Each side is embedded in `chunks` chunks of B/K rows (`chunk`) keeping no activations; the
+  loss, its gradient with respect to the [B, E] embeddings and to the loss's own parameters are
+  computed on the whole batch; then each chunk's forward pass is run again under jax.vjp and
+  pulls back its rows' cotangent, the encoder's gradient summed over chunks and sides. Chunk k of
+  a side draws dropout with fold_in(dropout_key(state, side), k) in both passes, so the
+  recomputation is exact. Peak activation memory is one chunk of one side's; the price is a
+  second forward pass.
+  """
+  rows = batch["query_id"].shape[0]
+  if rows % chunks:
+    raise ValueError(f"optim.grad_cache_chunks={chunks} must divide the global batch size {rows}")
+  params, rest = state["params"], state["rest"]
+  names = [name for name in SIDES if name in batch]
+  ks = jnp.arange(chunks)
+
+  def embed_chunk(encoder_params, name, k):
+    key = jax.random.fold_in(dropout_key(state, name), k)
+    return embed_side(graphdef, encoder_params, rest, chunk(batch[name], chunks, k),
+                      deterministic=False, key=key)
+
+  # Pass 1: the embeddings [B, E]; nothing differentiates it, so no activations are kept.
+  # lax.map gives [K, B/K, E]; row i of the batch is chunk i % K's row i // K.
+  embeddings = {}
+  for name in names:
+    chunked = jax.lax.map(functools.partial(embed_chunk, params["encoder"], name), ks)
+    embeddings[name] = chunked.swapaxes(0, 1).reshape(rows, -1)
+
+  def objective(loss_params, embeddings):
+    return loss_fn({**loss_params, "encoder": None}, embeddings["query"],
+                   embeddings["positive"], embeddings.get("negative"), batch, settings)
+
+  loss_params = {key: value for key, value in params.items() if key != "encoder"}
+  (loss, terms), (loss_param_grads, cotangents) = jax.value_and_grad(
+      objective, argnums=(0, 1), has_aux=True)(loss_params, embeddings)
+
+  # Pass 2: each chunk's forward again, its activations held only while its cotangent pulls back.
+  encoder_grads = jax.tree.map(jnp.zeros_like, params["encoder"])
+  for name in names:
+    def accumulate(encoder_grads, k, name=name):
+      _, vjp = jax.vjp(lambda p: embed_chunk(p, name, k), params["encoder"])
+      grads = vjp(chunk(cotangents[name], chunks, k))[0]
+      return jax.tree.map(jnp.add, encoder_grads, grads), None
+    encoder_grads, _ = jax.lax.scan(accumulate, encoder_grads, ks)
+  grads = {"encoder": encoder_grads, **loss_param_grads}
   return _finish(state, grads, loss, terms, tx, schedule, loss_cfg, accumulate_steps)
 
 

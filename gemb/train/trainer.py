@@ -145,16 +145,21 @@ def init_train_state(config: ConfigDict, name: str, mesh, encoder_path: str | No
 
 def make_train_step(config, graphdef, loss_cfg, optim_cfg, tx, schedule, mesh, state_shardings,
                     distill=None):
-  """step(state, batch) -> (state, metrics): fused into one program or compiled per side; the
-  distillation objective of a distillation stage's `distill` block."""
+  """step(state, batch) -> (state, metrics): fused into one program (by GradCache with
+  optim.grad_cache_chunks > 1) or compiled per side; the distillation objective of a
+  distillation stage's `distill` block."""
   loss_fn = step.make_loss(loss_cfg, config.model.mrl_dims, mesh, distill)
   settings = step.loss_settings(loss_cfg, distill)
   kwargs = dict(graphdef=graphdef, loss_fn=loss_fn, tx=tx, schedule=schedule, loss_cfg=loss_cfg,
                 accumulate_steps=optim_cfg.accumulate_steps)
   if config.fused_step:
-    fused = jax.jit(functools.partial(step.train_step, **kwargs), donate_argnums=0,
-                    out_shardings=(state_shardings, None))
+    fused = jax.jit(functools.partial(step.train_step, **kwargs,
+                                      grad_cache_chunks=optim_cfg.grad_cache_chunks),
+                    donate_argnums=0, out_shardings=(state_shardings, None))
     return lambda state, batch: fused(state, batch, settings)
+  if optim_cfg.grad_cache_chunks > 1:
+    raise ValueError(f"optim.grad_cache_chunks={optim_cfg.grad_cache_chunks} needs the fused "
+                     "step: set config.fused_step=True")
   return step.make_per_side_step(state_shardings=state_shardings, settings=settings, **kwargs)
 
 
