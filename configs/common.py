@@ -80,6 +80,7 @@ def model(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.video_conv_channels = ()  # the video stem's; () = the image stem's layout
   c.video_conv_strides = ()
   c.patch_colour_gain = 0.0  # > 0: conv stems also see each patch's mean colour, times this
+  c.stem_norm = False  # LayerNorm on image/audio/video tokens (set for pretrained backbones)
   c.n_mels = 32 if tiny else 128
   c.max_audio_frames = 64 if tiny else 1024  # 10 ms hop: 0.64 s / 10.24 s
   # (frames, mel bins) per token; tiny: 40 ms of the whole spectrum, so a pitch is one token.

@@ -73,6 +73,29 @@ def test_a_checkpoint_with_other_sizes_is_an_error_naming_the_tensors():
     load(cfg, mesh)
 
 
+@pytest.mark.parametrize("stem_norm", [True, False])
+def test_fresh_image_stem_enters_minilm_at_its_embeddings_scale(stem_norm):
+  # BERT's blocks are post-LN: fresh image tokens ~10x smaller than its normalised text
+  # embeddings would give every image nearly the same embedding, so contrastive training starts
+  # flat. stem_norm (which encoder_config sets) normalises them; distinct images then differ.
+  cfg = minilm_config(64, False)
+  assert cfg.stem_norm
+  cfg.stem_norm = stem_norm
+  common.conv_stems(cfg, colour_gain=0.25)  # configs/minilm.py's image stem
+  model, _ = load(cfg, sharding.make_mesh({"data": -1}))
+  rng = np.random.default_rng(0)
+  images = np.full((8, 32, 32, 3), 96, np.uint8)  # ToyWorld-like: a small object on a flat ground
+  for image, (y, x) in zip(images, rng.integers(0, 24, (8, 2))):
+    image[y:y + 8, x:x + 8] = rng.integers(0, 256, 3)
+  side = features.pack_raw_inputs([[{"image": image}] for image in images], cfg)
+  embeddings = np.asarray(model(side))
+  cosine = (embeddings @ embeddings.T)[~np.eye(len(images), dtype=bool)]
+  if stem_norm:
+    assert cosine.mean() < 0.9, cosine.mean()
+  else:
+    assert cosine.min() > 0.99, cosine.min()
+
+
 # ---------------------------------------------------------------------------- Gemma 3 backbone
 
 GEMMA_LENGTHS = (11, 5, 1, 8, 3, 11, 7, 2)  # right-padded; 8 rows, which 8 devices divide

@@ -149,6 +149,12 @@ class Encoder(nnx.Module):
     text_stem, block_class, final_norm = BACKBONES[cfg.backbone]
     stems = {**STEMS, "text": text_stem}
     self.stems = nnx.Dict({m: stems[m](cfg, dtype, rngs=rngs) for m in inputs.MODALITIES})
+    # A pretrained backbone gets its own text embeddings normalised (BERT's embedding LayerNorm),
+    # and fresh stems' tokens ~10x smaller: a post-LN backbone then embeds every image alike
+    # (cosine 0.999 between ToyWorld images at init) and the loss starts flat. `stem_norm`
+    # layer-normalises the other modalities' tokens to the same scale.
+    self.stem_norms = (nnx.Dict({m: _layer_norm(cfg, dtype, rngs) for m in inputs.MODALITIES
+                                 if m != "text"}) if cfg.get("stem_norm") else nnx.data(None))
     self.part_embed = nnx.Param(SHARED_INIT(rngs.params(), (cfg.max_parts, cfg.width)),
                                 **logical_axes("parts", "embed"))
     if cfg.scan_layers:
@@ -183,6 +189,9 @@ class Encoder(nnx.Module):
     if dropout and dropout_key is None:
       raise ValueError("Encoder: deterministic=False with dropout > 0 needs a dropout_key")
     streams = [self.stems[m](side) for m in inputs.present_modalities(side)]
+    if self.stem_norms is not None:
+      streams = [(self.stem_norms[m](tokens) if m in self.stem_norms else tokens, mask, part)
+                 for m, (tokens, mask, part) in zip(inputs.present_modalities(side), streams)]
     x = jnp.concatenate([tokens for tokens, _, _ in streams], axis=1)  # [B, N, D]
     mask = jnp.concatenate([mask for _, mask, _ in streams], axis=1)  # [B, N]
     part = jnp.concatenate([part for _, _, part in streams], axis=1)  # [B, N]

@@ -327,6 +327,7 @@ def with_backbone(model_cfg: ml_collections.ConfigDict, family: str,
       if key not in RUN_KEYS:
         model_cfg[key] = value
     model_cfg.backbone, model_cfg.pooling = family, pooling[0]
+    model_cfg.stem_norm = True  # fresh stems at the scale of the backbone's own embeddings
   return model_cfg
 
 
