@@ -7,7 +7,8 @@ Item embeddings are synthetic unless `world.embeddings_path` names a .npy [N, D]
 is then a random projection of the embedding. Arg 'toyworld' makes the items ToyWorld scenes
 (caption + image + sound + video), embedded by a gemb model, with quality from the users' taste
 over what the scenes are; the discoverability policy runs with the trained model's embeddings,
-with the same encoder at random init and with no content:
+with the same encoder at random init and with no content, every policy's settings tuned per
+budget level on the tuning day (docs/coldstart.md):
   --config=configs/proj/coldstart.py:toyworld --config.embedder.checkpoint=runs/smoke/soup \
       --config.embedder.model_config=configs/smoke.py --config.seeds="(0, 1, 2)"
 The service path embeds a platform's catalogue through a serving bundle and allocates a day's
@@ -83,6 +84,10 @@ def get_config(arg=None):
       seed=0, hidden_dims=(64, 64),
       learning_rate=3e-3, weight_decay=1e-4, batch_size=4096, epochs=6,
       validation_fraction=0.2, ece_bins=15,
+      embedding_dims=0,  # the model reads the first this many embedding dims, re-normalised (0: all)
+      # "embedding": the model reads the embedding; "score": one feature, the engagement logit a
+      # ridge regression on the history's logs predicts from it (out of fold on the history).
+      content="embedding",
   )
   # The discoverability allocation.
   config.allocation = dict(
@@ -92,6 +97,10 @@ def get_config(arg=None):
       steps=(5, 10, 20, 40, 80, 160),  # candidate per-round steps for one item
       max_passes=16,  # passes over the items when a round's budget outlasts their first steps
   )
+  # Candidates for the allocation's settings, each budget level's and policy's best chosen on the
+  # tuning day(s) as the bandits' chunks are (report.tune_allocation); empty: config.allocation's.
+  config.allocation_tuning = dict(confidence=(), max_traffic_per_item=(), hopeless_probability=(),
+                                  steps=())
   # Exploration budget and rounds, shared by every policy.
   config.exploration = dict(
       seed=1,
@@ -104,6 +113,8 @@ def get_config(arg=None):
       chunk_choices=(1, 2, 5, 10, 20, 40),  # impressions per chunk; each bandit's best on the tuning day
       thompson_prior_impressions=20.0,
       ucb_exploration=1.0,
+      # Tuned with the chunk where given (empty: the value above).
+      ucb_exploration_choices=(), thompson_prior_choices=(),
   )
 
   if arg == "tiny":
@@ -119,23 +130,40 @@ def get_config(arg=None):
     config.exploration.benchmark_items = 0
   elif arg in ("toyworld", "toyworld_tiny"):
     config.world.source = "toyworld"
-    config.world.items_per_day = 3000  # 12,000 scenes: embedding them takes ~1 min per encoder
+    config.world.items_per_day = 3000
+    # 6 history days (18,000 logged items, 24,000 scenes in all: embedding them takes ~2 min per
+    # encoder, once; they are cached): with 2 the content features overfitted.
+    config.world.history_days = 6
     config.world.content_scale = 1.2
-    # 7x fewer history rows than the default world: smaller batches and more epochs, so the
-    # model still takes ~900 optimiser steps (30 left it untrained).
+    # Fewer history rows than the default world: smaller batches and more epochs.
     config.model.batch_size = 512
     config.model.epochs = 20
+    config.model.content = "score"  # one ridge feature: the 64-d embedding itself overfitted
     config.exploration.budget_per_item = (2, 5, 10, 20)
-    config.baselines.chunk_choices = (5, 10, 20)
+    # Every policy's settings are tuned per budget level on the tuning day (report.tune_bandits,
+    # report.tune_allocation): the bandits' chunk and UCB's / Thompson's constants, the
+    # allocation's confidence, cap, give-up probability and step sizes.
+    config.baselines.chunk_choices = (1, 2, 5, 10, 20)
+    config.baselines.ucb_exploration_choices = (0.01, 0.03, 0.1, 0.3, 1.0)
+    config.baselines.thompson_prior_choices = (1.0, 2.0, 5.0, 20.0, 80.0)
+    config.allocation_tuning = dict(confidence=(0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+                                    max_traffic_per_item=(100, 400),
+                                    hopeless_probability=(0.0, 0.01, 0.1, 0.3),
+                                    steps=((5, 10), (5, 10, 20, 40, 80, 160)))
     config.exploration.benchmark_items = 0  # the default config's benchmark; gemb.bench.coldstart
     if arg == "toyworld_tiny":  # the tests' size: seconds with a tiny random encoder
       config.world.items_per_day = 300
+      config.world.history_days = 2
       config.model.hidden_dims = (32,)
       config.model.batch_size = 256
       config.model.epochs = 20
       config.exploration.num_rounds = 3
       config.exploration.budget_per_item = (5, 10)
       config.baselines.chunk_choices = (10,)
+      config.baselines.ucb_exploration_choices = ()
+      config.baselines.thompson_prior_choices = ()
+      config.allocation_tuning = dict(confidence=(0.5, 0.8), max_traffic_per_item=(),
+                                      hopeless_probability=(), steps=())
       config.service.history_items = 600
   elif arg:
     raise ValueError(f"configs/proj/coldstart.py takes no argument, 'tiny', 'toyworld' or "

@@ -107,6 +107,43 @@ def training_rows(history: simulator.History, embeddings: np.ndarray) -> Trainin
                       labels=history.discoverable[item].astype(np.float32), item=item)
 
 
+def fit_content_scorer(embeddings: np.ndarray, history: simulator.History):
+  """A ridge regression (RidgeCV: its penalty by leave-one-out) from past items' embeddings [P, D]
+  to the logit of their smoothed logged click rate, weighted by traffic (items never explored carry
+  no target). Returns predict: embeddings [N, D] -> engagement logits [N]."""
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  clicks = history.checkpoint_clicks[:, -1].astype(np.float64)
+  traffic = history.traffic.astype(np.float64)
+  target = np.log(clicks + 0.5) - np.log(traffic - clicks + 0.5)
+  seen = traffic > 0
+  if seen.sum() < 2:
+    raise ValueError("the content score needs at least 2 explored past items in the history")
+  weight = traffic / (traffic + 20.0)
+  model = linear_model.RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(
+      np.asarray(embeddings, np.float64)[seen], target[seen], sample_weight=weight[seen])
+  return lambda x: model.predict(np.asarray(x, np.float64))
+
+
+def content_scores(embeddings: np.ndarray, past: np.ndarray, history: simulator.History, folds: int = 5,
+                   seed: int = 0) -> np.ndarray:
+  """One content feature per item [N, 1] float32: the engagement logit that its embedding predicts
+  (`fit_content_scorer` on the past items, `past` [N] bool in the order of `history`).
+
+  Past items get out-of-fold predictions (`folds` folds, so that the discoverability model does
+  not learn to trust a score fitted on its own rows); the other items the fit on every past item.
+  """
+  embeddings = np.asarray(embeddings, np.float64)
+  past_index = np.flatnonzero(past)
+  scores = fit_content_scorer(embeddings[past_index], history)(embeddings)
+  fold = np.random.default_rng(seed).integers(folds, size=len(past_index))
+  for k in range(folds):
+    held_out = fold == k
+    fold_history = simulator.History(*(field[~held_out] for field in history))
+    scores[past_index[held_out]] = fit_content_scorer(embeddings[past_index[~held_out]], fold_history)(
+        embeddings[past_index[held_out]])
+  return scores[:, None].astype(np.float32)
+
+
 def _subset(rows: TrainingRows, mask: np.ndarray) -> TrainingRows:
   return TrainingRows(*(field[mask] for field in rows))
 

@@ -3,19 +3,26 @@
   run(config, workdir) -> report dict, written to workdir/coldstart/report.json (+ coldstart.png)
 
 Steps: build the world; log past days with randomised traffic and train the discoverability model
-on them (ECE on held-out past items), one model per embedding set; pick each bandit's chunk size
-on the tuning day; then every policy explores every evaluation day at every budget level with the
+on them (ECE on held-out past items), one model per embedding set; on the tuning day pick each
+bandit's settings (chunk size; UCB's and Thompson's constants where config.baselines lists
+candidates) and each discoverability policy's allocation settings (config.allocation_tuning) per
+budget level; then every policy explores every evaluation day at every budget level with the
 same budget, rounds, feedback and engagement seed, and exploitation decides which items became
-discoverable. Synthetic worlds have one discoverability policy ('discoverability'); a ToyWorld
-content world (content.py) one per embedding variant ('discoverability/trained', ...). With
-config.seeds = (s0, s1, ...) the study runs once per seed and reports mean and std.
+discoverable. The model reads the embedding, a Matryoshka prefix of it
+(config.model.embedding_dims) or one ridge content score fitted on the history
+(config.model.content='score'). Synthetic worlds have one discoverability policy
+('discoverability'); a ToyWorld content world (content.py) one per embedding variant
+('discoverability/trained', ...). With config.seeds = (s0, s1, ...) the study runs once per seed
+and reports mean and std.
 """
 import copy
+import itertools
 import json
 import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from sklearn import metrics
 
@@ -35,6 +42,9 @@ def _check_config(config):
   if ec.default_budget_per_item not in ec.budget_per_item:
     raise ValueError(f"exploration.default_budget_per_item={ec.default_budget_per_item} must be one of "
                      f"exploration.budget_per_item={list(ec.budget_per_item)}.")
+  content_input = config.model.get("content", "embedding")
+  if content_input not in ("embedding", "score"):
+    raise ValueError(f"config.model.content={content_input!r}; use 'embedding' or 'score'")
   wc = config.world
   if wc.items_per_day < 1 or wc.history_days < 1 or wc.tuning_days < 1 or wc.eval_days < 1:
     raise ValueError("world.items_per_day, history_days, tuning_days and eval_days must all be >= 1; got "
@@ -77,29 +87,105 @@ def _explore(config, quality, policy, budget, seed_key) -> simulator.Exploration
   return simulator.explore(rng, quality, policy, budget, config.exploration.num_rounds, config.recommender)
 
 
-def tune_chunks(config, world: simulator.World, prior_rate: float) -> dict:
-  """Each chunked baseline's best chunk size per budget level, measured on the tuning day(s)."""
-  tuning = (world.day >= config.world.history_days) & (
+def _tuning_cohort(config, world: simulator.World) -> np.ndarray:
+  """Mask [N] of the tuning days' items: after the history, before every evaluation day."""
+  return (world.day >= config.world.history_days) & (
       world.day < config.world.history_days + config.world.tuning_days)
-  quality = world.quality[tuning]
+
+
+def _grid(choices: dict) -> list[dict]:
+  """Every combination of `choices` ({setting: candidate values}; empty candidates are left out)."""
+  names = [name for name, values in choices.items() if len(values)]
+  if not names:
+    return []
+  return [dict(zip(names, values)) for values in itertools.product(*(tuple(choices[n]) for n in names))]
+
+
+def _bandit_grid(config, name: str) -> list[dict]:
+  bc = config.baselines
+  choices = {"chunk": tuple(bc.chunk_choices)}
+  if name == "ucb":
+    choices["ucb_exploration"] = tuple(bc.get("ucb_exploration_choices") or (bc.ucb_exploration,))
+  if name == "thompson":
+    choices["thompson_prior_impressions"] = tuple(
+        bc.get("thompson_prior_choices") or (bc.thompson_prior_impressions,))
+  return _grid(choices)
+
+
+def _bandit_policy(config, name: str, settings: dict, prior_rate: float) -> simulator.RoundPolicy:
+  baselines_config = ml_collections.ConfigDict(
+      {**config.baselines.to_dict(), **{k: v for k, v in settings.items() if k != "chunk"}})
+  return baselines.make_policy(name, baselines_config, settings.get("chunk", 0), prior_rate)
+
+
+def tune_bandits(config, world: simulator.World, prior_rate: float) -> dict:
+  """Each chunked baseline's best settings per budget level, measured on the tuning day(s) only:
+  {budget_per_item: {name: {"chunk": c, ...}}}: the chunk size (baselines.chunk_choices) and, where
+  candidates are given, UCB's exploration weight and Thompson's prior strength. Ties: smaller values."""
+  quality = world.quality[_tuning_cohort(config, world)]
   chosen = {}
   for level, budget_per_item in enumerate(config.exploration.budget_per_item):
     budget = budget_per_item * len(quality)
     chosen[budget_per_item] = {}
     for name in CHUNKED:
-      found = {chunk: int(_explore(config, quality, baselines.make_policy(name, config.baselines, chunk, prior_rate),
-                                   budget, (1, level)).discoverable.sum())
-               for chunk in config.baselines.chunk_choices}
-      chosen[budget_per_item][name] = max(found, key=lambda chunk: (found[chunk], -chunk))
+      grid = _bandit_grid(config, name)
+      found = [int(_explore(config, quality, _bandit_policy(config, name, settings, prior_rate), budget,
+                            (1, level)).discoverable.sum()) for settings in grid]
+      best = max(range(len(grid)), key=lambda i: (found[i], [-v for v in grid[i].values()]))
+      chosen[budget_per_item][name] = grid[best]
+  return chosen
+
+
+def tune_chunks(config, world: simulator.World, prior_rate: float) -> dict:
+  """Each chunked baseline's best chunk size per budget level, measured on the tuning day(s)."""
+  return {budget: {name: settings["chunk"] for name, settings in at_budget.items()}
+          for budget, at_budget in tune_bandits(config, world, prior_rate).items()}
+
+
+def allocation_config(config, settings: dict | None = None) -> ml_collections.ConfigDict:
+  """config.allocation with `settings` (tuned values) in place of its own."""
+  return ml_collections.ConfigDict({**config.allocation.to_dict(), **(settings or {})})
+
+
+def tune_allocation(config, world: simulator.World, models: dict, embedding_sets: dict) -> dict:
+  """The discoverability allocation's best settings per budget level and policy, measured on the
+  tuning day(s) only (as the bandits' chunks are): {budget_per_item: {name: {setting: value}}}.
+
+  The candidates are config.allocation_tuning ({setting of config.allocation: values}); settings
+  without candidates keep config.allocation's value; no candidates at all: {} (nothing tuned). Each
+  candidate explores the tuning cohort with the seeds the bandits' tuning uses; the most
+  discoverable items wins, ties to the earliest candidate.
+  """
+  grid = _grid(dict(config.get("allocation_tuning") or {}))
+  if not grid:
+    return {}
+  unknown = set(grid[0]) - set(config.allocation)
+  if unknown:
+    raise ValueError(f"config.allocation_tuning names {sorted(unknown)}, which config.allocation "
+                     f"does not have ({sorted(config.allocation)})")
+  tuning = _tuning_cohort(config, world)
+  quality = world.quality[tuning]
+  chosen = {}
+  for level, budget_per_item in enumerate(config.exploration.budget_per_item):
+    budget = budget_per_item * len(quality)
+    chosen[budget_per_item] = {}
+    for name, model in models.items():
+      embeddings = embedding_sets[name][tuning]
+      found = [int(_explore(config, quality, allocation.discoverability_policy(
+          model, embeddings, allocation_config(config, settings)), budget, (1, level)).discoverable.sum())
+               for settings in grid]
+      chosen[budget_per_item][name] = grid[int(np.argmax(found))]
   return chosen
 
 
 def evaluate(config, world: simulator.World, models: dict, prior_rate: float, chunks: dict,
-             embedding_sets: dict | None = None) -> list[dict]:
+             embedding_sets: dict | None = None, allocations: dict | None = None) -> list[dict]:
   """Every policy on the evaluation days at every budget level: discoverable items and spend.
 
   `models` maps each discoverability policy's name to its model; its embeddings are
-  `embedding_sets[name]` (default world.embeddings).
+  `embedding_sets[name]` (default world.embeddings). `chunks` {budget_per_item: {bandit: chunk or
+  settings dict}} (tune_chunks / tune_bandits); `allocations` {budget_per_item: {policy: settings}}
+  (tune_allocation; default config.allocation's).
   """
   if not isinstance(models, dict):
     models = {"discoverability": models}
@@ -117,9 +203,13 @@ def evaluate(config, world: simulator.World, models: dict, prior_rate: float, ch
       for name in policies:
         if name in models:
           embeddings = embedding_sets[name][cohort]
-          policy = allocation.discoverability_policy(models[name], embeddings, config.allocation)
+          settings = (allocations or {}).get(budget_per_item, {}).get(name)
+          policy = allocation.discoverability_policy(models[name], embeddings,
+                                                     allocation_config(config, settings))
         else:
-          policy = baselines.make_policy(name, config.baselines, chunks[budget_per_item].get(name, 0), prior_rate)
+          settings = chunks[budget_per_item].get(name, 0)
+          settings = settings if isinstance(settings, dict) else {"chunk": settings}
+          policy = _bandit_policy(config, name, settings, prior_rate)
         outcome = _explore(config, quality, policy, budget, (2, level, day))  # same seed for every policy
         if name in models:  # calibration where the model is used: its own adaptive allocations
           curves = discoverability.predict_curves(models[name], embeddings, outcome.impressions, outcome.clicks)
@@ -214,6 +304,9 @@ def _print_table(report: dict) -> None:
     print(f"{level['budget_per_item']:>11} " + "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
           + f"   {ratio:.2f}x")
   print(f"{policies[0]} model ECE {report['model']['ece']:.4f}, AUC {report['model']['auc']}")
+  for budget, chosen in report.get("allocation_settings", {}).items():
+    print(f"allocation tuned at {budget}/item: "
+          + "; ".join(f"{name} {settings}" for name, settings in chosen.items()))
 
 
 def seeded(config, seed: int):
@@ -226,21 +319,50 @@ def seeded(config, seed: int):
   return config
 
 
+def model_input(embeddings: np.ndarray, dims: int) -> np.ndarray:
+  """What the discoverability model reads of an embedding [N, D]: all of it (dims 0, or dims >= D),
+  or its first `dims` coordinates (a Matryoshka prefix) re-normalised to unit length."""
+  if dims < 0:
+    raise ValueError(f"config.model.embedding_dims={dims}; use 0 (all) or a prefix length >= 1")
+  if not dims or dims >= embeddings.shape[1]:
+    return embeddings
+  prefix = np.asarray(embeddings[:, :dims], np.float64)
+  norm = np.linalg.norm(prefix, axis=1, keepdims=True)
+  return (prefix / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _content_score(config, world: simulator.World, embeddings: np.ndarray) -> np.ndarray:
+  """config.model.content='score': the model reads one content feature, the engagement logit a
+  ridge regression predicts from the embedding (fitted on the history days' logs, out of fold
+  there; discoverability.content_scores). A constant embedding (no content) stays as it is."""
+  if embeddings.shape[1] == 1 or np.ptp(embeddings, axis=0).max() == 0:
+    return embeddings
+  past = world.day < config.world.history_days
+  history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past], config)
+  return discoverability.content_scores(embeddings, past, history, seed=config.model.seed)
+
+
 def study(config, world: simulator.World, embedding_sets: dict) -> dict:
-  """One world: a discoverability model per embedding set, the bandits' chunks, every policy's
-  outcomes at every budget level."""
+  """One world: a discoverability model per embedding set, the bandits' settings and the
+  allocation's (each tuned on the tuning days), every policy's outcomes at every budget level."""
   start = time.perf_counter()
+  dims = int(config.model.get("embedding_dims", 0))
+  embedding_sets = {name: model_input(e, dims) for name, e in embedding_sets.items()}
+  if config.model.get("content", "embedding") == "score":
+    embedding_sets = {name: _content_score(config, world, e) for name, e in embedding_sets.items()}
   models, model_metrics = {}, {}
   for name, embeddings in embedding_sets.items():
     models[name], model_metrics[name], prior_rate = train_model(config, world, embeddings)
   seconds = {"train_model": time.perf_counter() - start}
-  chunks = tune_chunks(config, world, prior_rate)
+  chunks = tune_bandits(config, world, prior_rate)
   seconds["tune_bandits"] = time.perf_counter() - start - seconds["train_model"]
-  levels = evaluate(config, world, models, prior_rate, chunks, embedding_sets)
-  seconds["evaluate"] = time.perf_counter() - start - seconds["train_model"] - seconds["tune_bandits"]
+  allocations = tune_allocation(config, world, models, embedding_sets)
+  seconds["tune_allocation"] = time.perf_counter() - start - sum(seconds.values())
+  levels = evaluate(config, world, models, prior_rate, chunks, embedding_sets, allocations)
+  seconds["evaluate"] = time.perf_counter() - start - sum(seconds.values())
   first_eval_day = config.world.history_days + config.world.tuning_days
   return {"levels": levels, "models": models, "model_metrics": model_metrics, "prior_rate": prior_rate,
-          "chunks": chunks, "seconds": seconds,
+          "chunks": chunks, "allocations": allocations, "seconds": seconds,
           "eval_items_with_quality_above_threshold": int(
               (world.quality[world.day >= first_eval_day] >= config.recommender.threshold).sum())}
 
@@ -329,7 +451,9 @@ def run(config, workdir: str) -> dict:
       "eval_items": eval_items,
       "eval_items_with_quality_above_threshold": first["eval_items_with_quality_above_threshold"],
       "budget_levels": levels,
-      "bandit_chunk": {str(k): v for k, v in first["chunks"].items()},
+      "bandit_chunk": {str(k): {name: v["chunk"] for name, v in at.items()} for k, at in first["chunks"].items()},
+      "bandit_settings": {str(k): v for k, v in first["chunks"].items()},
+      "allocation_settings": {str(k): v for k, v in first["allocations"].items()},
       "thompson_prior_rate": first["prior_rate"],
       "model": first["model_metrics"][main_policy],
       "models": first["model_metrics"],
@@ -344,7 +468,8 @@ def run(config, workdir: str) -> dict:
     report["discoverable_std"] = {name: default["policies"][name]["discoverable_std"] for name in policies}
     report["per_seed"] = [{"seed": seed, "budget_levels": s["levels"],
                            "ece": {name: m["ece"] for name, m in s["model_metrics"].items()},
-                           "bandit_chunk": {str(k): v for k, v in s["chunks"].items()}}
+                           "bandit_settings": {str(k): v for k, v in s["chunks"].items()},
+                           "allocation_settings": {str(k): v for k, v in s["allocations"].items()}}
                           for seed, s in zip(seeds, studies)]
   out_dir = os.path.join(workdir, "coldstart")
   os.makedirs(out_dir, exist_ok=True)

@@ -52,7 +52,9 @@ def read_engagement(path: str, ids: dict[str, int]) -> tuple[np.ndarray, np.ndar
 
 def train_on_simulated_logs(config, encoder: embedder.ItemEncoder, cache_dir: str):
   """The discoverability model trained on `service.history_items` past ToyWorld items embedded
-  by `encoder`, with quality from the simulated users' taste."""
+  by `encoder`, with quality from the simulated users' taste: (model, metrics, features), where
+  features maps the catalogue's embeddings to what the model reads (config.model.embedding_dims
+  and config.model.content, as in the study)."""
   sc = config.service
   tc = config.world.toyworld
   world_settings = tc.world.to_dict() if hasattr(tc.world, "to_dict") else tc.world
@@ -65,11 +67,21 @@ def train_on_simulated_logs(config, encoder: embedder.ItemEncoder, cache_dir: st
       config.world.seed, {k: float(v) for k, v in config.world.taste.attributes.items()}))
   quality = taste.quality_from_taste(rng, scene_taste, config.world.base_logit,
                                      config.world.content_scale, config.world.noise_scale)
-  world = simulator.World(embeddings, quality, np.zeros(len(items), np.int32))
   history_config = copy.deepcopy(config)
   with history_config.unlocked():
     history_config.world.history_days = 1
-  return report.train_model(history_config, world)
+  dims = int(config.model.get("embedding_dims", 0))
+  embeddings = report.model_input(embeddings, dims)
+  features = lambda e: report.model_input(e, dims)
+  if config.model.get("content", "embedding") == "score":
+    history = simulator.log_history(np.random.default_rng(config.history.seed), quality, history_config)
+    scorer = discoverability.fit_content_scorer(embeddings, history)
+    embeddings = discoverability.content_scores(embeddings, np.ones(len(items), bool), history,
+                                                seed=config.model.seed)
+    features = lambda e: scorer(report.model_input(e, dims))[:, None].astype(np.float32)
+  world = simulator.World(embeddings, quality, np.zeros(len(items), np.int32))
+  model, model_metrics, _ = report.train_model(history_config, world)
+  return model, model_metrics, features
 
 
 def write_allocation(path: str, ids, impressions: np.ndarray, p_discoverable: np.ndarray) -> None:
@@ -101,7 +113,8 @@ def run(config, workdir: str) -> dict:
   embeddings = embedder.embed_items(encoder, items, batch_size=config.embedder.batch_size,
                                     combine=config.embedder.combine, cache_dir=cache_dir)
   embedded = time.perf_counter()
-  model, model_metrics, _ = train_on_simulated_logs(config, encoder, cache_dir)
+  model, model_metrics, features = train_on_simulated_logs(config, encoder, cache_dir)
+  embeddings = features(embeddings)
   trained = time.perf_counter()
   ids = [item.item_id for item in items]
   impressions, clicks = read_engagement(config.service.engagement, {i: k for k, i in enumerate(ids)})
