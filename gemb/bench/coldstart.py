@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from gemb.proj.coldstart import allocation, catalogue, discoverability, embedder, simulator
+from gemb.proj.coldstart import catalogue, discoverability, embedder, report
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/proj/coldstart.py", "The cold-start config.")
@@ -50,23 +49,10 @@ def embedding_rate(config, bundle: str, num_items: int) -> dict:
 
 
 def allocation_round(config, num_items: int, dim: int) -> dict:
-  """Seconds of one discoverability round (score + allocate) for `num_items` items."""
-  rng = np.random.default_rng(0)
+  """Seconds of one discoverability round (score + allocate) for `num_items` items, by an
+  untrained model of the config's shape (the timing does not depend on its weights)."""
   model = discoverability.DiscoverabilityModel(dim, tuple(config.model.hidden_dims), rngs=nnx.Rngs(0))
-  embeddings = simulator.synthetic_embeddings(rng, num_items, dim, config.world.num_clusters,
-                                              config.world.cluster_spread)
-  impressions = rng.integers(0, config.allocation.max_traffic_per_item // 4, num_items)
-  clicks = rng.binomial(impressions, rng.uniform(0.0, 0.3, num_items))
-  budget = config.exploration.default_budget_per_item * num_items // config.exploration.num_rounds
-  warm = slice(0, min(num_items, 65536))  # one full scoring batch compiles the forward pass
-  discoverability.predict_curves(model, embeddings[warm], impressions[warm], clicks[warm])
-  start = time.perf_counter()
-  curves = discoverability.predict_curves(model, embeddings, impressions, clicks)
-  scored = time.perf_counter()
-  allocation.allocate_round(curves, impressions, budget, config.allocation)
-  done = time.perf_counter()
-  return {"items": num_items, "score_seconds": scored - start, "allocate_seconds": done - scored,
-          "round_seconds": done - start, "items_per_second": num_items / (done - start)}
+  return report.benchmark_allocation(config, model, dim, num_items)
 
 
 def main(argv):

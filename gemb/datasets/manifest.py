@@ -64,19 +64,25 @@ def check_record(record: Any) -> dict[str, Any]:
       if side == "negative":
         continue
       raise ValueError(f"field {side!r} is missing")
-    parts = record[side]
-    if not isinstance(parts, list) or not parts:
-      raise ValueError(f"field {side!r} must be a non-empty list of parts")
-    for i, part in enumerate(parts):
-      try:
-        modality = features.modality_of(part)
-      except ValueError as e:
-        raise ValueError(f"{side}[{i}]: {e}") from None
-      if not isinstance(part[modality], str):
-        what = "a string" if modality == "text" else "a file path (string)"
-        raise ValueError(f"{side}[{i}].{modality} must be {what}, got "
-                         f"{type(part[modality]).__name__}")
+    check_parts(record[side], side)
   return record
+
+
+def check_parts(parts: Any, field: str) -> None:
+  """Checks a record's list of parts (text inline, other modalities as file paths); ValueError
+  names `field` and the part."""
+  if not isinstance(parts, list) or not parts:
+    raise ValueError(f"field {field!r} must be a non-empty list of parts, e.g. "
+                     "[{\"text\": \"a red circle\"}, {\"image\": \"img/0.png\"}]")
+  for i, part in enumerate(parts):
+    try:
+      modality = features.modality_of(part)
+    except ValueError as e:
+      raise ValueError(f"{field}[{i}]: {e}") from None
+    if not isinstance(part[modality], str):
+      what = "a string" if modality == "text" else "a file path (string)"
+      raise ValueError(f"{field}[{i}].{modality} must be {what}, got "
+                       f"{type(part[modality]).__name__}")
 
 
 def scan_manifest(path: str, on_bad_record: str = "raise") -> ManifestIndex:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from gemb.data import features
-from gemb.datasets import toyworld
+from gemb.datasets import manifest, toyworld
 
 
 class CatalogueError(ValueError):
@@ -50,18 +50,7 @@ def _check_line(record: Any) -> tuple[str, list]:
   if not isinstance(item_id, str) or not item_id:
     raise ValueError(f"field 'item_id' must be a non-empty string, got {item_id!r}")
   content = record.get("content")
-  if not isinstance(content, list) or not content:
-    raise ValueError("field 'content' must be a non-empty list of parts, e.g. "
-                     "[{\"text\": \"a red circle\"}, {\"image\": \"img/0.png\"}]")
-  for i, part in enumerate(content):
-    try:
-      modality = features.modality_of(part)
-    except ValueError as e:
-      raise ValueError(f"content[{i}]: {e}") from None
-    if not isinstance(part[modality], str):
-      what = "a string" if modality == "text" else "a file path (string)"
-      raise ValueError(f"content[{i}].{modality} must be {what}, got "
-                       f"{type(part[modality]).__name__}")
+  manifest.check_parts(content, "content")
   return item_id, content
 
 

@@ -229,9 +229,10 @@ def evaluate(config, world: simulator.World, models: dict, prior_rate: float, ch
   return levels
 
 
-def benchmark_allocation(config, model, dim: int) -> dict:
-  """Seconds for one discoverability round (re-score + allocate) on `exploration.benchmark_items` synthetic items."""
-  num_items = config.exploration.benchmark_items
+def benchmark_allocation(config, model, dim: int, num_items: int | None = None) -> dict:
+  """Seconds for one discoverability round (re-score + allocate) on `num_items` synthetic items
+  (default `exploration.benchmark_items`), and the items per second that makes."""
+  num_items = num_items or config.exploration.benchmark_items
   rng = np.random.default_rng(0)
   embeddings = simulator.synthetic_embeddings(rng, num_items, dim, config.world.num_clusters,
                                               config.world.cluster_spread)
@@ -246,7 +247,8 @@ def benchmark_allocation(config, model, dim: int) -> dict:
   allocation.allocate_round(curves, impressions, budget, config.allocation)
   done = time.perf_counter()
   return {"items": num_items, "round_budget": budget, "score_seconds": scored - start,
-          "allocate_seconds": done - scored, "round_seconds": done - start}
+          "allocate_seconds": done - scored, "round_seconds": done - start,
+          "items_per_second": num_items / (done - start)}
 
 
 def plot_report(report: dict, path: str) -> None:
