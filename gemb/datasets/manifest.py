@@ -181,7 +181,6 @@ def write_manifest(path: str, examples: Iterable[Mapping[str, Any]], *, fps: flo
   Images -> PNG, audio -> 16-bit WAV at 16 kHz, video -> GIF at `fps` (lossy palette) or .npy
   (exact). Files go to media/ next to the manifest, named by line and field.
   """
-  from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.abspath(path))
   os.makedirs(os.path.join(root, "media"), exist_ok=True)
   lines = []
@@ -197,28 +196,37 @@ def write_manifest(path: str, examples: Iterable[Mapping[str, Any]], *, fps: flo
         if modality == "text":
           record[side].append({"text": value})
           continue
-        stem = os.path.join("media", f"{number:05d}_{side}_{i}")
-        if modality == "image":
-          name = stem + ".png"
-          Image.fromarray(np.asarray(value, np.uint8)).save(os.path.join(root, name))
-        elif modality == "audio":
-          name = stem + ".wav"
-          pcm = np.clip(np.round(np.asarray(value) * 32768), -32768, 32767).astype(np.int16)
-          wavfile.write(os.path.join(root, name), features.RAW_AUDIO_RATE, pcm)
-        elif video_format == "npy":
-          name = stem + ".npy"
-          np.save(os.path.join(root, name), np.asarray(value, np.uint8))
-        else:
-          name = stem + ".gif"
-          frames = [Image.fromarray(f) for f in np.asarray(value, np.uint8)]
-          frames[0].save(os.path.join(root, name), save_all=True, append_images=frames[1:],
-                         duration=int(round(1000 / fps)), loop=0)
+        name = write_part(root, os.path.join("media", f"{number:05d}_{side}_{i}"), modality,
+                          value, fps=fps, video_format=video_format)
         record[side].append({modality: name})
     record.update({k: (v.item() if isinstance(v, np.generic) else v) for k, v in example.items()
                    if k not in record and k != "origin" and _is_json(v)})
     lines.append(json.dumps(record, ensure_ascii=False))
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(lines) + "\n")
+
+
+def write_part(root: str, stem: str, modality: str, value: Any, *, fps: float = 0.0,
+               video_format: str = "npy") -> str:
+  """Writes one non-text part's array as a media file at root/stem.EXT; returns stem.EXT. Images
+  -> PNG, audio -> 16-bit WAV at 16 kHz, video -> .npy (exact) or GIF at `fps` (lossy)."""
+  from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
+  if modality == "image":
+    name = stem + ".png"
+    Image.fromarray(np.asarray(value, np.uint8)).save(os.path.join(root, name))
+  elif modality == "audio":
+    name = stem + ".wav"
+    pcm = np.clip(np.round(np.asarray(value) * 32768), -32768, 32767).astype(np.int16)
+    wavfile.write(os.path.join(root, name), features.RAW_AUDIO_RATE, pcm)
+  elif video_format == "npy":
+    name = stem + ".npy"
+    np.save(os.path.join(root, name), np.asarray(value, np.uint8))
+  else:
+    name = stem + ".gif"
+    frames = [Image.fromarray(f) for f in np.asarray(value, np.uint8)]
+    frames[0].save(os.path.join(root, name), save_all=True, append_images=frames[1:],
+                   duration=int(round(1000 / fps)), loop=0)
+  return name
 
 
 def _is_json(value: Any) -> bool:

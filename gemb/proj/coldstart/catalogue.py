@@ -22,7 +22,6 @@ import os
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image
 
 from gemb.data import features
 from gemb.datasets import manifest, toyworld
@@ -137,7 +136,6 @@ def toyworld_items(num_items: int, seed: int, split: str, world_config,
 def write_catalogue(path: str, items: Sequence[Item]) -> None:
   """Writes items with array parts as a catalogue file plus media files beside it (PNG, 16-bit
   WAV at 16 kHz, .npy video): a platform's catalogue, for the service path and its tests."""
-  from scipy.io import wavfile  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.abspath(path))
   os.makedirs(os.path.join(root, "media"), exist_ok=True)
   lines = []
@@ -148,17 +146,7 @@ def write_catalogue(path: str, items: Sequence[Item]) -> None:
       if modality == "text" or isinstance(value, str):
         content.append({modality: value})
         continue
-      stem = os.path.join("media", f"{number:06d}_{i}")
-      if modality == "image":
-        name = stem + ".png"
-        Image.fromarray(np.asarray(value, np.uint8)).save(os.path.join(root, name))
-      elif modality == "audio":
-        name = stem + ".wav"
-        pcm = np.clip(np.round(np.asarray(value) * 32768), -32768, 32767).astype(np.int16)
-        wavfile.write(os.path.join(root, name), features.RAW_AUDIO_RATE, pcm)
-      else:
-        name = stem + ".npy"
-        np.save(os.path.join(root, name), np.asarray(value, np.uint8))
+      name = manifest.write_part(root, os.path.join("media", f"{number:06d}_{i}"), modality, value)
       content.append({modality: name})
     lines.append(json.dumps({"item_id": item.item_id, "content": content}))
   with open(path, "w", encoding="utf-8") as f:
