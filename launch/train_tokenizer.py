@@ -23,20 +23,25 @@ from gemb.data import tokenizer
 from gemb.datasets import toyworld
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("input", None, "Text files, one sentence per line.")
-flags.DEFINE_integer("toyworld_examples", 0, "Instead of --input: train on the texts of this many "
-                     "ToyWorld training examples per task (gemb.datasets.toyworld.texts).")
-flags.DEFINE_enum("normalization", "nmt_nfkc", ["nmt_nfkc", "identity"],
-                  "SentencePiece normalization rule; 'identity' keeps text as is (and the "
-                  ".model file small).")
-flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.model and PREFIX.vocab.")
-flags.DEFINE_integer("vocab_size", 8000, "Vocabulary size, special and byte pieces included.")
-flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece algorithm.")
-flags.DEFINE_float("character_coverage", 0.9995, "Share of characters covered by pieces; the "
-                   "rest falls back to bytes (use 1.0 for small alphabets).")
-flags.DEFINE_integer("input_sentence_size", 1_000_000, "Sentences sampled from the input.")
-flags.DEFINE_integer("seed", 0, "Seed of the sentence sampling.")
-flags.mark_flags_as_required(["output"])
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (the tests import this module beside other
+  commands)."""
+  flags.DEFINE_list("input", None, "Text files, one sentence per line.")
+  flags.DEFINE_integer("toyworld_examples", 0, "Instead of --input: train on the texts of this "
+                       "many ToyWorld training examples per task (gemb.datasets.toyworld.texts).")
+  flags.DEFINE_enum("normalization", "nmt_nfkc", ["nmt_nfkc", "identity"],
+                    "SentencePiece normalization rule; 'identity' keeps text as is (and the "
+                    ".model file small).")
+  flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.model and PREFIX.vocab.")
+  flags.DEFINE_integer("vocab_size", 8000, "Vocabulary size, special and byte pieces included.")
+  flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece algorithm.")
+  flags.DEFINE_float("character_coverage", 0.9995, "Share of characters covered by pieces; the "
+                     "rest falls back to bytes (use 1.0 for small alphabets).")
+  flags.DEFINE_integer("input_sentence_size", 1_000_000, "Sentences sampled from the input.")
+  flags.DEFINE_integer("seed", 0, "Seed of the sentence sampling.")
+  flags.mark_flags_as_required(["output"])
 
 
 def train(inputs: list[str], output: str, vocab_size: int, model_type: str = "unigram",
@@ -83,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

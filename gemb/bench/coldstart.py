@@ -22,12 +22,17 @@ from ml_collections import config_flags
 from gemb.proj.coldstart import catalogue, discoverability, embedder, report
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/proj/coldstart.py", "The cold-start config.")
-flags.DEFINE_string("bundle", None, "Serving bundle that embeds the items (none: allocation only).")
-flags.DEFINE_list("sizes", ["10000", "100000", "1000000"], "Catalogue sizes.")
-flags.DEFINE_integer("embed_items", 256, "Items actually embedded to measure items/s.")
-flags.DEFINE_integer("dim", 64, "Embedding width when there is no bundle.")
-flags.DEFINE_string("output", "", "Optional JSON file for the results.")
+
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (the tests import this module beside other
+  commands)."""
+  config_flags.DEFINE_config_file("config", "configs/proj/coldstart.py", "The cold-start config.")
+  flags.DEFINE_string("bundle", None, "Serving bundle that embeds the items (none: allocation only).")
+  flags.DEFINE_list("sizes", ["10000", "100000", "1000000"], "Catalogue sizes.")
+  flags.DEFINE_integer("embed_items", 256, "Items actually embedded to measure items/s.")
+  flags.DEFINE_integer("dim", 64, "Embedding width when there is no bundle.")
+  flags.DEFINE_string("output", "", "Optional JSON file for the results.")
 
 
 def embedding_rate(config, bundle: str, num_items: int) -> dict:
@@ -78,4 +83,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
