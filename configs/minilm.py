@@ -40,8 +40,8 @@ def get_config(arg=None):
                        task_string_dropout=0.1)
   c.loss = common.loss(type="nce", temperature=0.05, learn_temperature=True,
                        symmetric=True)  # both directions, as the smoke (docs/results.md)
-  # New stems at 5e-4 (at 1e-3 and more the image tasks stayed at chance for 150 steps); a
-  # pretrained backbone at a twentieth of it (a random one at the same 5e-4).
+  # New stems at 5e-4 (at 1e-3 the image tasks left chance only as the schedule decayed;
+  # docs/results.md); a pretrained backbone at a twentieth of it (a random one at 5e-4 too).
   c.optim = common.optim(lr=5e-4, warmup_steps=20,
                          backbone_lr_multiplier=1.0 if random_init else 0.05)
   c.checkpoint = common.checkpoint(every=100, keep=2)
