@@ -67,6 +67,11 @@ def _files(path, where: str) -> list[str]:
   return files
 
 
+# load_dataset resolves files in a tqdm thread_map, whose class-level lock is not safe when
+# several read threads open their streams at once ("'tqdm' object has no attribute '_lock'").
+_LOAD_LOCK = threading.Lock()
+
+
 class HfSource:
   """Random access raw examples of one Hugging Face dataset (picklable: opens it lazily)."""
 
@@ -114,8 +119,9 @@ class HfSource:
         data = data[self.split]
     else:
       files, fmt = self._files()
-      data = hf.load_dataset(fmt, data_files={self.split: files}, split=self.split,
-                             cache_dir=self.cache_dir, streaming=self.streaming)
+      with _LOAD_LOCK:
+        data = hf.load_dataset(fmt, data_files={self.split: files}, split=self.split,
+                               cache_dir=self.cache_dir, streaming=self.streaming)
     for name, feature in (data.features or {}).items():  # gemb decodes media itself (no torch)
       if getattr(feature, "decode", False) and type(feature).__name__ in ("Image", "Audio",
                                                                           "Video"):
