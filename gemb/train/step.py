@@ -166,6 +166,25 @@ def train_step(state: dict, batch: dict, settings: dict, *, graphdef, loss_fn: C
   return _finish(state, grads, loss, terms, tx, schedule, loss_cfg, accumulate_steps)
 
 
+def targets(batch: dict) -> dict:
+  """What the loss reads of a batch besides the sides' embeddings: ids (and teacher embeddings)."""
+  return {key: value for key, value in batch.items() if key not in SIDES}
+
+
+def loss_and_embedding_grads(loss_fn: Callable, params: dict, embeddings: dict, targets: dict,
+                             settings: dict):
+  """((loss, terms), the gradient for the loss's own parameters, {side: the gradient for its
+  [B, E] embeddings}): the whole batch's loss, whose embedding gradients the per-side and
+  GradCache steps pull back through the encoder."""
+  def objective(loss_params, embeddings):
+    return loss_fn({**loss_params, "encoder": None}, embeddings["query"], embeddings["positive"],
+                   embeddings.get("negative"), targets, settings)
+  loss_params = {key: value for key, value in params.items() if key != "encoder"}
+  (loss, terms), (loss_param_grads, cotangents) = jax.value_and_grad(
+      objective, argnums=(0, 1), has_aux=True)(loss_params, embeddings)
+  return (loss, terms), loss_param_grads, cotangents
+
+
 def chunk(tree, chunks: int, k) -> dict:
   """Chunk `k` of `chunks` of [B, ...] leaves: rows k, K + k, 2K + k, ... ([B/K, ...]), so that
   each device's rows of a batch sharded over its leading axis split evenly into every chunk (no
@@ -208,13 +227,8 @@ def grad_cache_step(state: dict, batch: dict, settings: dict, *, graphdef, loss_
     chunked = jax.lax.map(functools.partial(embed_chunk, params["encoder"], name), ks)
     embeddings[name] = chunked.swapaxes(0, 1).reshape(rows, -1)
 
-  def objective(loss_params, embeddings):
-    return loss_fn({**loss_params, "encoder": None}, embeddings["query"],
-                   embeddings["positive"], embeddings.get("negative"), batch, settings)
-
-  loss_params = {key: value for key, value in params.items() if key != "encoder"}
-  (loss, terms), (loss_param_grads, cotangents) = jax.value_and_grad(
-      objective, argnums=(0, 1), has_aux=True)(loss_params, embeddings)
+  (loss, terms), loss_param_grads, cotangents = loss_and_embedding_grads(
+      loss_fn, params, embeddings, targets(batch), settings)
 
   # Pass 2: each chunk's forward again, its activations held only while its cotangent pulls back.
   encoder_grads = jax.tree.map(jnp.zeros_like, params["encoder"])
@@ -253,12 +267,7 @@ def make_per_side_step(*, graphdef, loss_fn: Callable, tx: optax.GradientTransfo
   def backward(vjp, cotangent):
     return vjp(cotangent)[0]
 
-  @jax.jit
-  def loss_and_grads(params, query, positive, negative, targets, settings):
-    loss_params = {k: v for k, v in params.items() if k != "encoder"}
-    objective = lambda lp, q, p, n: loss_fn({**lp, "encoder": None}, q, p, n, targets, settings)
-    return jax.value_and_grad(objective, argnums=(0, 1, 2, 3), has_aux=True)(
-        loss_params, query, positive, negative)
+  loss_and_grads = jax.jit(functools.partial(loss_and_embedding_grads, loss_fn))
 
   @functools.partial(jax.jit, donate_argnums=0, out_shardings=(state_shardings, None))
   def update(state, side_encoder_grads, loss_param_grads, loss, terms):
@@ -274,12 +283,9 @@ def make_per_side_step(*, graphdef, loss_fn: Callable, tx: optax.GradientTransfo
     embeddings, vjps = {}, {}
     for name in names:
       embeddings[name], vjps[name] = forward(params["encoder"], rest, batch[name], keys[name])
-    targets = {key: value for key, value in batch.items() if key not in SIDES}
-    (loss, terms), (loss_param_grads, *side_grads) = loss_and_grads(
-        params, embeddings["query"], embeddings["positive"], embeddings.get("negative"), targets,
-        settings)
-    encoder_grads = [backward(vjps[name], cotangent)
-                     for name, cotangent in zip(SIDES, side_grads) if name in batch]
+    (loss, terms), loss_param_grads, cotangents = loss_and_grads(params, embeddings,
+                                                                 targets(batch), settings)
+    encoder_grads = [backward(vjps[name], cotangents[name]) for name in names]
     return update(state, encoder_grads, loss_param_grads, loss, terms)
 
   return step
