@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 
 import jax
 from absl import app, flags
 
-from gemb import sharding
+from gemb import config_file, sharding
 from gemb.bench.train import memory_mib
 from gemb.data import pipeline
 from gemb.train import lowering, step, trainer
@@ -34,15 +33,6 @@ def _define_flags():
   flags.DEFINE_float("budget_mib", 512.0, "Per-device memory budget, MiB.")
   flags.DEFINE_integer("chunks", 4, "optim.grad_cache_chunks with GradCache.")
   flags.DEFINE_integer("max_batch", 1 << 20, "Largest global batch probed.")
-
-
-def load_config(spec: str):
-  """`path[:arg]` -> the config file's get_config(arg)."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
 
 
 def step_memory(config, name: str, mesh, task: pipeline.TaskSpec, batch_size: int,
@@ -83,7 +73,7 @@ def largest_batch(fits, unit: int, max_batch: int) -> int:
 
 def main(argv):
   del argv
-  config = load_config(FLAGS.config)
+  config = config_file.load(FLAGS.config)
   mesh = sharding.make_mesh(config.mesh)
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   stage = config.stages[FLAGS.stage]

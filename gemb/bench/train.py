@@ -23,14 +23,13 @@ launch/device_check.sh runs: presets S and B, bf16 compute, the fused step):
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import jax
 from absl import app, flags
 
 from configs import common
-from gemb import sharding
+from gemb import config_file, sharding
 from gemb.runtime import allocator
 from gemb.data import pipeline
 from gemb.model.flops import encoder_flops
@@ -56,10 +55,7 @@ def _define_flags():
 
 def _load(path: str):
   """The config file at `path`, with the --preset, --tasks and --batch_size overrides."""
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_file.load(path)
   if FLAGS.preset:
     config.model = common.toyworld_model(FLAGS.preset)
     config.data.toyworld = common.toyworld_world(config.model)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from typing import Callable, Sequence
 import ml_collections
 import numpy as np
 
+from gemb import config_file
 from gemb.data import features
 from gemb.evaluate import embeddings as embeddings_lib
 from gemb.proj.coldstart import catalogue
@@ -57,14 +57,11 @@ def _files_under(directory: str) -> list[str]:
 
 def load_training_config(reference: str) -> ml_collections.ConfigDict:
   """The config of `reference` = 'configs/x.py' or 'configs/x.py:arg' (its get_config(arg))."""
-  path, _, arg = reference.partition(":")
+  path = reference.partition(":")[0]
   if not os.path.isfile(path):
     raise FileNotFoundError(f"config.embedder.model_config={reference!r}: no file {path!r}; name "
                             "the training config the checkpoint was trained with")
-  spec = importlib.util.spec_from_file_location("coldstart_model_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return config_file.load(reference)
 
 
 def _bundle_model_config(bundle_path: str) -> ml_collections.ConfigDict:
