@@ -31,10 +31,24 @@ def num_items(config) -> int:
   return wc.items_per_day * (wc.history_days + wc.tuning_days + wc.eval_days)
 
 
-def toyworld_catalogue(config) -> list[catalogue.Item]:
+def toyworld_catalogue(config, count: int | None = None, seed_offset: int = 0
+                       ) -> list[catalogue.Item]:
+  """`count` ToyWorld items (default: the whole world's) of config.world.toyworld, drawn from
+  its seed + `seed_offset`."""
   tc = config.world.toyworld
   world = tc.world.to_dict() if hasattr(tc.world, "to_dict") else tc.world
-  return catalogue.toyworld_items(num_items(config), tc.seed, tc.split, world, tc.caption_aspect)
+  return catalogue.toyworld_items(count or num_items(config), tc.seed + seed_offset, tc.split,
+                                  world, tc.caption_aspect)
+
+
+def scene_quality(config, scenes, rng: np.random.Generator) -> np.ndarray:
+  """Latent quality [N] of `scenes`: the users' taste (seeded by config.world.seed) through
+  taste.quality_from_taste, its noise drawn from `rng`."""
+  wc = config.world
+  utilities = taste.attribute_utilities(
+      wc.seed, {name: float(weight) for name, weight in wc.taste.attributes.items()})
+  return taste.quality_from_taste(rng, taste.scene_taste(scenes, utilities), wc.base_logit,
+                                  wc.content_scale, wc.noise_scale)
 
 
 def cache_dir(config, workdir: str) -> str:
@@ -67,10 +81,7 @@ def make_world(config, items, sets: dict[str, np.ndarray]) -> tuple[simulator.Wo
     raise ValueError(f"the catalogue has {len(items)} items but the world needs {n}")
   rng = np.random.default_rng(wc.seed)
   order = rng.permutation(n)
-  utilities = taste.attribute_utilities(wc.seed, {name: float(wc.taste.attributes[name]) for name in wc.taste.attributes})
-  scene_taste = taste.scene_taste([items[i].scene for i in order], utilities)
-  quality = taste.quality_from_taste(rng, scene_taste, wc.base_logit, wc.content_scale,
-                                     wc.noise_scale)
+  quality = scene_quality(config, [items[i].scene for i in order], rng)
   day = np.repeat(np.arange(n // wc.items_per_day, dtype=np.int32), wc.items_per_day)
   ordered = {name: simulator.check_embeddings(e[order], name=name) for name, e in sets.items()}
   return simulator.World(next(iter(ordered.values())), quality, day), ordered

@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from gemb.proj.coldstart import (allocation, catalogue, content, discoverability, embedder,
-                                 report, simulator, taste)
+                                 report, simulator)
 
 
 def read_engagement(path: str, ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -55,18 +55,11 @@ def train_on_simulated_logs(config, encoder: embedder.ItemEncoder, cache_dir: st
   by `encoder`, with quality from the simulated users' taste: (model, metrics, features), where
   features maps the catalogue's embeddings to what the model reads (config.model.embedding_dims
   and config.model.content, as in the study)."""
-  sc = config.service
-  tc = config.world.toyworld
-  world_settings = tc.world.to_dict() if hasattr(tc.world, "to_dict") else tc.world
-  items = catalogue.toyworld_items(sc.history_items, tc.seed + 1, tc.split, world_settings,
-                                   tc.caption_aspect)
+  items = content.toyworld_catalogue(config, config.service.history_items, seed_offset=1)
   embeddings = embedder.embed_items(encoder, items, batch_size=config.embedder.batch_size,
                                     combine=config.embedder.combine, cache_dir=cache_dir)
-  rng = np.random.default_rng(config.world.seed)
-  scene_taste = taste.scene_taste([item.scene for item in items], taste.attribute_utilities(
-      config.world.seed, {k: float(v) for k, v in config.world.taste.attributes.items()}))
-  quality = taste.quality_from_taste(rng, scene_taste, config.world.base_logit,
-                                     config.world.content_scale, config.world.noise_scale)
+  quality = content.scene_quality(config, [item.scene for item in items],
+                                  np.random.default_rng(config.world.seed))
   history_config = copy.deepcopy(config)
   with history_config.unlocked():
     history_config.world.history_days = 1
