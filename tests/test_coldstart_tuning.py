@@ -62,7 +62,8 @@ def test_allocation_tuning_takes_the_tuning_days_best_and_ignores_evaluation_day
 
 def test_evaluation_uses_the_tuned_allocation(trained):
   config, world, models, prior_rate = trained
-  chunks = {b: {"random": 10, "thompson": 10, "ucb": 10} for b in config.exploration.budget_per_item}
+  chunks = {b: {"random": {"chunk": 10}, "thompson": {"chunk": 10}, "ucb": {"chunk": 10}}
+            for b in config.exploration.budget_per_item}
   settings = {"confidence": 0.95, "hopeless_probability": 0.2}
   tuned = report.evaluate(config, world, models, prior_rate, chunks,
                           allocations={b: {"discoverability": settings} for b in chunks})
@@ -88,8 +89,6 @@ def test_bandit_tuning_takes_the_tuning_days_best_and_ignores_evaluation_days(tr
     assert found[grid.index(chosen[budget_per_item]["ucb"])] == max(found)
     assert set(chosen[budget_per_item]["thompson"]) == {"chunk", "thompson_prior_impressions"}
   assert report.tune_bandits(config, _eval_days_changed(config, world), prior_rate) == chosen
-  assert report.tune_chunks(config, world, prior_rate) == {
-      b: {name: s["chunk"] for name, s in at.items()} for b, at in chosen.items()}
 
 
 def test_default_world_tunes_nothing_and_toyworld_tunes_the_allocation(trained):

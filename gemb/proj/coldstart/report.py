@@ -136,12 +136,6 @@ def tune_bandits(config, world: simulator.World, prior_rate: float) -> dict:
   return chosen
 
 
-def tune_chunks(config, world: simulator.World, prior_rate: float) -> dict:
-  """Each chunked baseline's best chunk size per budget level, measured on the tuning day(s)."""
-  return {budget: {name: settings["chunk"] for name, settings in at_budget.items()}
-          for budget, at_budget in tune_bandits(config, world, prior_rate).items()}
-
-
 def allocation_config(config, settings: dict | None = None) -> ml_collections.ConfigDict:
   """config.allocation with `settings` (tuned values) in place of its own."""
   return ml_collections.ConfigDict({**config.allocation.to_dict(), **(settings or {})})
@@ -178,17 +172,15 @@ def tune_allocation(config, world: simulator.World, models: dict, embedding_sets
   return chosen
 
 
-def evaluate(config, world: simulator.World, models: dict, prior_rate: float, chunks: dict,
+def evaluate(config, world: simulator.World, models: dict, prior_rate: float, bandits: dict,
              embedding_sets: dict | None = None, allocations: dict | None = None) -> list[dict]:
   """Every policy on the evaluation days at every budget level: discoverable items and spend.
 
   `models` maps each discoverability policy's name to its model; its embeddings are
-  `embedding_sets[name]` (default world.embeddings). `chunks` {budget_per_item: {bandit: chunk or
-  settings dict}} (tune_chunks / tune_bandits); `allocations` {budget_per_item: {policy: settings}}
+  `embedding_sets[name]` (default world.embeddings). `bandits` {budget_per_item: {bandit:
+  settings}} (tune_bandits); `allocations` {budget_per_item: {policy: settings}}
   (tune_allocation; default config.allocation's).
   """
-  if not isinstance(models, dict):
-    models = {"discoverability": models}
   embedding_sets = embedding_sets or {name: world.embeddings for name in models}
   policies = (*models, *BASELINES)
   first_eval_day = config.world.history_days + config.world.tuning_days
@@ -207,9 +199,8 @@ def evaluate(config, world: simulator.World, models: dict, prior_rate: float, ch
           policy = allocation.discoverability_policy(models[name], embeddings,
                                                      allocation_config(config, settings))
         else:
-          settings = chunks[budget_per_item].get(name, 0)
-          settings = settings if isinstance(settings, dict) else {"chunk": settings}
-          policy = _bandit_policy(config, name, settings, prior_rate)
+          policy = _bandit_policy(config, name, bandits[budget_per_item].get(name, {}),
+                                  prior_rate)
         outcome = _explore(config, quality, policy, budget, (2, level, day))  # same seed for every policy
         if name in models:  # calibration where the model is used: its own adaptive allocations
           curves = discoverability.predict_curves(models[name], embeddings, outcome.impressions, outcome.clicks)
