@@ -36,6 +36,25 @@ def test_a_catalogue_file_round_trips(tmp_path):
   np.testing.assert_array_equal(loaded[3]["video"], items[0].content[3]["video"])  # .npy: exact
 
 
+def test_toyworld_content_types_keep_a_drawn_subset_of_the_same_scene_and_renderings():
+  every = catalogue.toyworld_items(40, seed=2, split="train", world_config=None)
+  types = (("text",), ("image",), ("audio", "video"))
+  mixed = catalogue.toyworld_items(40, seed=2, split="train", world_config=None, content_types=types)
+  kinds = [tuple(name for part in item.content for name in part) for item in mixed]
+  assert set(kinds) == set(types)  # every type drawn, and no other
+  for full, item, kind in zip(every, mixed, kinds):
+    assert item.item_id == full.item_id and item.scene == full.scene
+    for part in item.content:  # the same rendering as the all-parts item's
+      (name, value), = part.items()
+      np.testing.assert_array_equal(value, full.content[catalogue.PARTS.index(name)][name])
+  again = catalogue.toyworld_items(40, seed=2, split="train", world_config=None, content_types=types)
+  assert [tuple(name for part in item.content for name in part) for item in again] == kinds
+  assert catalogue.content_hash(mixed[0]) != catalogue.content_hash(every[0])  # re-embedded
+  for bad in ((), (("text", "text"),), (("pictures",),), ((),)):
+    with pytest.raises(ValueError, match="config.world.toyworld.content_types"):
+      catalogue.toyworld_items(1, seed=2, split="train", world_config=None, content_types=bad)
+
+
 @pytest.mark.parametrize("line, message", [
     ({"content": [{"text": "a red circle"}]}, r"items.jsonl:2: field 'item_id' is missing"),
     ({"item_id": "", "content": [{"text": "x"}]}, r"items.jsonl:2: field 'item_id' must be a non-empty"),

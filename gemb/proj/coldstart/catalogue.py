@@ -11,8 +11,9 @@ paths relative to the file's folder):
 
 `read_catalogue` checks every line and that every part's file exists (errors name "FILE:LINE" and
 the field); `load_content` decodes an item's files, naming the line if one cannot be read. A
-ToyWorld catalogue (`toyworld_items`) is one scene per item: its caption, image, sound and video,
-with the scene's attributes kept for the simulated users' taste (never shown to a policy).
+ToyWorld catalogue (`toyworld_items`) is one scene per item: its caption, image, sound and video
+(or the parts of the item's content type), with the scene's attributes kept for the simulated
+users' taste (never shown to a policy).
 """
 from __future__ import annotations
 
@@ -111,24 +112,46 @@ def content_hash(item: Item) -> str:
   return digest.hexdigest()[:16]
 
 
-def toyworld_items(num_items: int, seed: int, split: str, world_config,
-                   caption_aspect: str = "video") -> list[Item]:
-  """`num_items` ToyWorld scenes as items: [caption, image, sound, video] of each.
+PARTS = ("text", "image", "audio", "video")  # a ToyWorld item's parts, in content order
 
-  Scenes and renderings come from the rng stream [seed, 1_000_003, index], which no training
-  task uses (theirs is [seed, split id, task id, index]): renderings no model was trained on.
+
+def check_content_types(content_types: Sequence[Sequence[str]]) -> tuple[tuple[str, ...], ...]:
+  """`content_types` as tuples of part names; ValueError names config.world.toyworld.content_types."""
+  types = tuple(tuple(parts) for parts in content_types)
+  if not types or any(not parts or set(parts) - set(PARTS) or len(set(parts)) < len(parts)
+                      for parts in types):
+    raise ValueError(f"config.world.toyworld.content_types={types}: give one or more content "
+                     f"types, each a non-empty list of distinct parts of {PARTS}")
+  return types
+
+
+def toyworld_items(num_items: int, seed: int, split: str, world_config,
+                   caption_aspect: str = "video",
+                   content_types: Sequence[Sequence[str]] = (PARTS,)) -> list[Item]:
+  """`num_items` ToyWorld scenes as items, each with the parts of one of `content_types`.
+
+  A content type lists the parts an item has, of its caption ("text"), image, sound ("audio")
+  and video: (PARTS,) gives every item all four; e.g. (("text",), ("image",), ("audio",),
+  ("video",)) makes a platform of captions, pictures, sounds and clips, each item's type drawn
+  uniformly (rng stream [seed, 1_000_004, index]). Scenes and renderings come from the rng
+  stream [seed, 1_000_003, index], which no training task uses (theirs is [seed, split id, task
+  id, index]): renderings no model was trained on, the same scene whatever the item's type.
   split 'train' draws the training (shape, colour) pairs, 'eval' puts a held-out pair in every
   scene.
   """
   world_config = toyworld.WorldConfig.from_config(world_config)
+  types = check_content_types(content_types)
   items = []
   for index in range(num_items):
     rng = np.random.default_rng([seed, 1_000_003, index])
     scene = toyworld.sample_scene(rng, split, world_config)
-    content = [{"text": toyworld.render_caption(scene, rng, "en", caption_aspect)},
-               {"image": toyworld.render_image(scene, rng, world_config)},
-               {"audio": toyworld.render_audio(scene, rng, world_config)},
-               {"video": toyworld.render_video(scene, rng, world_config)}]
+    parts = {"text": toyworld.render_caption(scene, rng, "en", caption_aspect),
+             "image": toyworld.render_image(scene, rng, world_config),
+             "audio": toyworld.render_audio(scene, rng, world_config),
+             "video": toyworld.render_video(scene, rng, world_config)}  # all: one rng stream
+    kept = types[0] if len(types) == 1 else types[
+        int(np.random.default_rng([seed, 1_000_004, index]).integers(len(types)))]
+    content = [{name: parts[name]} for name in PARTS if name in kept]
     items.append(Item(f"toyworld-{seed}-{index}", content, f"toyworld:{index}", scene=scene))
   return items
 

@@ -38,7 +38,8 @@ def toyworld_catalogue(config, count: int | None = None, seed_offset: int = 0
   tc = config.world.toyworld
   world = tc.world.to_dict() if hasattr(tc.world, "to_dict") else tc.world
   return catalogue.toyworld_items(count or num_items(config), tc.seed + seed_offset, tc.split,
-                                  world, tc.caption_aspect)
+                                  world, tc.caption_aspect,
+                                  tc.get("content_types", (catalogue.PARTS,)))
 
 
 def scene_quality(config, scenes, rng: np.random.Generator) -> np.ndarray:
