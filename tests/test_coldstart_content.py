@@ -107,7 +107,12 @@ def test_service_writes_per_item_impressions_within_the_budget(tmp_path):
   assert impressions.min() >= 0 and 0 < impressions.sum() <= 5 * 40 == summary["budget"]
   assert impressions.max() <= config.allocation.max_traffic_per_item
   assert all(0.0 <= row["p_discoverable"] <= 1.0 for row in rows)
-  # With engagement so far and a CSV output; the cache means nothing is embedded again.
+  # The fit is saved, its allocation settings tuned from config.service.allocation_tuning.
+  assert not summary["model"]["reused"] and summary["allocation_settings"]["confidence"] in (0.5, 0.8)
+  saved = json.loads((tmp_path / "run" / "coldstart" / "service_model" / "service_model.json").read_text())
+  assert saved["allocation_settings"] == summary["allocation_settings"]
+  # With engagement so far and a CSV output; the cache means nothing is embedded again, and the
+  # saved fit is reused.
   engagement = tmp_path / "today.jsonl"
   engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 50, "clicks": 20}) + "\n")
   config.service.engagement, config.service.output = str(engagement), str(tmp_path / "out.csv")
@@ -115,6 +120,7 @@ def test_service_writes_per_item_impressions_within_the_budget(tmp_path):
   with open(tmp_path / "out.csv") as f:
     table = list(csv.DictReader(f))
   assert len(table) == 40 and sum(int(row["impressions"]) for row in table) <= summary["budget"]
+  assert summary["model"]["reused"]
   engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 5, "clicks": 9}) + "\n")
   with pytest.raises(catalogue.CatalogueError, match=r"today.jsonl:1: needs 0 <= clicks <= impressions"):
     report.run(config, str(tmp_path / "run"))
@@ -134,3 +140,23 @@ def test_random_init_encoder_embeds_items_through_gemb(tmp_path):
   with pytest.raises(ValueError, match="config.embedder needs a model"):
     embedder.item_encoder(config.embedder, "trained")
 
+
+
+def test_service_reuses_its_saved_fit_only_for_the_same_bundle_and_config(tmp_path):
+  bundle = serve_helpers.tiny_bundle(str(tmp_path / "bundle"))
+  path = str(tmp_path / "shop" / "catalogue.jsonl")
+  (tmp_path / "shop").mkdir()
+  catalogue.write_catalogue(path, catalogue.toyworld_items(30, seed=4, split="train", world_config=None))
+  config = coldstart.get_config("toyworld_tiny")
+  config.catalogue, config.bundle = path, bundle
+  config.service.history_items, config.service.tuning_items = 200, 100
+  first = report.run(config, str(tmp_path / "run"))
+  rows = (tmp_path / "run" / "coldstart" / "allocation.jsonl").read_text()
+  # A fresh process's view: the model and content scorer loaded from disk allocate identically.
+  again = report.run(config, str(tmp_path / "run"))
+  assert again["model"]["reused"] and not first["model"]["reused"]
+  assert (tmp_path / "run" / "coldstart" / "allocation.jsonl").read_text() == rows
+  assert again["allocation_settings"] == first["allocation_settings"]
+  # Another budget (or bundle, or model config) is another fit.
+  config.service.budget_per_item = 3
+  assert not report.run(config, str(tmp_path / "run"))["model"]["reused"]

@@ -1,4 +1,5 @@
 """The discoverability model: monotone in traffic, invertible, trainable, calibration metric."""
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -110,3 +111,23 @@ def test_predict_curves_rejects_nan_embeddings():
   embeddings[2, 0] = np.nan
   with pytest.raises(ValueError, match="NaN"):
     discoverability.predict_curves(model, embeddings, np.zeros(5), np.zeros(5))
+
+
+def test_a_saved_model_loads_with_the_same_curves_and_refuses_another_shape(tmp_path):
+  model = discoverability.DiscoverabilityModel(3, (8, 4), rngs=nnx.Rngs(5))
+  model.feature_mean[...] = jnp.arange(6, dtype=jnp.float32) - 2.5  # not the init's zeros
+  path = str(tmp_path / "model.npz")
+  discoverability.save_model(model, path)
+  loaded = discoverability.load_model(path, 3, (8, 4))
+  rng = np.random.default_rng(0)
+  embeddings = rng.standard_normal((7, 3)).astype(np.float32)
+  impressions = rng.integers(0, 50, 7)
+  clicks = rng.binomial(impressions, 0.2)
+  want = discoverability.predict_curves(model, embeddings, impressions, clicks)
+  got = discoverability.predict_curves(loaded, embeddings, impressions, clicks)
+  np.testing.assert_array_equal(got.offset, want.offset)
+  np.testing.assert_array_equal(got.slope, want.slope)
+  with pytest.raises(ValueError, match="feature_mean has shape"):
+    discoverability.load_model(path, 4, (8, 4))
+  with pytest.raises(ValueError, match="are not those of a model"):
+    discoverability.load_model(path, 3, (8,))

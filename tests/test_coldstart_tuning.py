@@ -130,9 +130,10 @@ def test_content_scores_are_out_of_fold_on_the_history_and_a_full_fit_elsewhere(
   embeddings = rng.standard_normal((400, 6))
   past = np.arange(400) < 300
   history = _history(rng, 300)
-  scores = discoverability.content_scores(embeddings, past, history, folds=5, seed=3)
+  scores, scorer = discoverability.content_scores(embeddings, past, history, folds=5, seed=3)
   assert scores.shape == (400, 1) and scores.dtype == np.float32
   full = discoverability.fit_content_scorer(embeddings[:300], history)(embeddings)
+  np.testing.assert_allclose(scorer(embeddings), full, rtol=1e-12)  # the one full fit
   np.testing.assert_allclose(scores[300:, 0], full[300:], rtol=1e-5, atol=1e-6)
   assert not np.allclose(scores[:300, 0], full[:300], rtol=1e-3, atol=1e-4)
   # An item's own logs never move its own (out-of-fold) score.
@@ -140,7 +141,7 @@ def test_content_scores_are_out_of_fold_on_the_history_and_a_full_fit_elsewhere(
   loud[7] = [loud[7, 1], 10 * loud[7, 1] + 50]
   traffic = history.traffic * np.where(np.arange(300) == 7, 20, 1)
   moved = simulator.History(traffic, history.checkpoint_impressions, loud, history.discoverable)
-  again = discoverability.content_scores(embeddings, past, moved, folds=5, seed=3)
+  again, _ = discoverability.content_scores(embeddings, past, moved, folds=5, seed=3)
   assert again[7, 0] == pytest.approx(scores[7, 0], rel=1e-5)
   assert abs(again[300:, 0] - scores[300:, 0]).max() > 1e-4  # the full fit did see it
 

@@ -44,7 +44,11 @@ def get_config(arg=None):
       # The catalogue: scenes from an rng stream no training task uses; split 'train' draws the
       # training (shape, colour) pairs, 'eval' a held-out pair in every scene. Sounds as long as
       # the smoke model hears (configs/common.py toyworld_world).
-      toyworld=dict(seed=0, split="train", world=dict(audio_seconds=0.64), caption_aspect="video"),
+      # content_types: the parts each item has (one type drawn per item); one type of all four
+      # parts, or e.g. (("text",), ("image",), ("audio",), ("video",)): a platform of captions,
+      # pictures, sounds and clips.
+      toyworld=dict(seed=0, split="train", world=dict(audio_seconds=0.64), caption_aspect="video",
+                    content_types=(("text", "image", "audio", "video"),)),
       # The users' taste: a seeded N(0, weight^2) utility per value of each attribute (0: ignored).
       taste=dict(attributes=dict(shape=1.0, colour=1.0, size=1.0, motion=1.0, position=0.0)),
   )
@@ -61,9 +65,14 @@ def get_config(arg=None):
       budget_per_item=10,  # the day's budget = this * items in the catalogue
       engagement="",  # optional JSONL of {"item_id", "impressions", "clicks"} so far today
       output="",  # default WORKDIR/coldstart/allocation.jsonl (.csv: CSV)
-      # The discoverability model is trained on the simulated ToyWorld platform's logs of this
-      # many past items, embedded by the same bundle.
-      history_items=4000,
+      # The discoverability model is trained on the simulated ToyWorld platform's logs of
+      # history_items past items, embedded by the same bundle, and the allocation's settings are
+      # tuned on tuning_items more, at budget_per_item in one round (as the service allocates).
+      history_items=4000, tuning_items=1000,
+      model=dict(batch_size=512, epochs=20, content="score"),  # over config.model, for its size
+      allocation_tuning=dict(confidence=(0.2, 0.3, 0.5, 0.7), max_traffic_per_item=(100, 400),
+                             hopeless_probability=(0.0, 0.1), steps=((5, 10), (5, 10, 20, 40, 80, 160))),
+      model_dir="",  # where the fit is saved and reused from; default WORKDIR/coldstart/service_model
   )
   # The exploitation recommender: posterior-mean engagement under a pessimistic Beta prior.
   config.recommender = dict(
@@ -165,6 +174,9 @@ def get_config(arg=None):
       config.allocation_tuning = dict(confidence=(0.5, 0.8), max_traffic_per_item=(),
                                       hopeless_probability=(), steps=())
       config.service.history_items = 600
+      config.service.tuning_items = 200
+      config.service.model = dict(batch_size=256, epochs=20, content="score")
+      config.service.allocation_tuning = dict(confidence=(0.5, 0.8))
   elif arg:
     raise ValueError(f"configs/proj/coldstart.py takes no argument, 'tiny', 'toyworld' or "
                      f"'toyworld_tiny'; got {arg!r}.")

@@ -10,6 +10,7 @@ curve inverts in closed form (`required_traffic`). offset and slope come from on
 with binary cross-entropy (optax) on past items whose exploration traffic was randomised.
 """
 import functools
+import os
 from typing import NamedTuple
 
 import jax
@@ -107,10 +108,19 @@ def training_rows(history: simulator.History, embeddings: np.ndarray) -> Trainin
                       labels=history.discoverable[item].astype(np.float32), item=item)
 
 
-def fit_content_scorer(embeddings: np.ndarray, history: simulator.History):
+class ContentScorer(NamedTuple):
+  """A linear content score: engagement logit [N] = embeddings [N, D] @ coef + intercept."""
+  coef: np.ndarray  # [D] float64
+  intercept: float
+
+  def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+    return np.asarray(embeddings, np.float64) @ self.coef + self.intercept
+
+
+def fit_content_scorer(embeddings: np.ndarray, history: simulator.History) -> ContentScorer:
   """A ridge regression (RidgeCV: its penalty by leave-one-out) from past items' embeddings [P, D]
   to the logit of their smoothed logged click rate, weighted by traffic (items never explored carry
-  no target). Returns predict: embeddings [N, D] -> engagement logits [N]."""
+  no target)."""
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   clicks = history.checkpoint_clicks[:, -1].astype(np.float64)
   traffic = history.traffic.astype(np.float64)
@@ -121,27 +131,29 @@ def fit_content_scorer(embeddings: np.ndarray, history: simulator.History):
   weight = traffic / (traffic + 20.0)
   model = linear_model.RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(
       np.asarray(embeddings, np.float64)[seen], target[seen], sample_weight=weight[seen])
-  return lambda x: model.predict(np.asarray(x, np.float64))
+  return ContentScorer(np.asarray(model.coef_, np.float64), float(model.intercept_))
 
 
 def content_scores(embeddings: np.ndarray, past: np.ndarray, history: simulator.History, folds: int = 5,
-                   seed: int = 0) -> np.ndarray:
+                   seed: int = 0) -> tuple[np.ndarray, ContentScorer]:
   """One content feature per item [N, 1] float32: the engagement logit that its embedding predicts
-  (`fit_content_scorer` on the past items, `past` [N] bool in the order of `history`).
+  (`fit_content_scorer` on the past items, `past` [N] bool in the order of `history`), and the
+  scorer fitted on every past item.
 
   Past items get out-of-fold predictions (`folds` folds, so that the discoverability model does
   not learn to trust a score fitted on its own rows); the other items the fit on every past item.
   """
   embeddings = np.asarray(embeddings, np.float64)
   past_index = np.flatnonzero(past)
-  scores = fit_content_scorer(embeddings[past_index], history)(embeddings)
+  scorer = fit_content_scorer(embeddings[past_index], history)
+  scores = scorer(embeddings)
   fold = np.random.default_rng(seed).integers(folds, size=len(past_index))
   for k in range(folds):
     held_out = fold == k
     fold_history = simulator.History(*(field[~held_out] for field in history))
     scores[past_index[held_out]] = fit_content_scorer(embeddings[past_index[~held_out]], fold_history)(
         embeddings[past_index[held_out]])
-  return scores[:, None].astype(np.float32)
+  return scores[:, None].astype(np.float32), scorer
 
 
 def _subset(rows: TrainingRows, mask: np.ndarray) -> TrainingRows:
@@ -250,3 +262,43 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, num_bins: int) ->
   return {"predicted": (np.bincount(bins, probabilities, num_bins) / safe).tolist(),
           "observed": (np.bincount(bins, np.asarray(labels, np.float64), num_bins) / safe).tolist(),
           "count": counts.tolist()}
+
+
+def _name(path) -> str:
+  """'hidden/0/kernel' for a variable's tree path."""
+  parts = [getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path]
+  return "/".join(str(part) for part in parts if part != "value")
+
+
+def _state_leaves(model: DiscoverabilityModel) -> dict[str, jax.Array]:
+  """{name: array} of every variable of `model` (parameters and standardisation constants)."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(nnx.state(model))
+  return {_name(path): leaf for path, leaf in leaves}
+
+
+def save_model(model: DiscoverabilityModel, path: str) -> None:
+  """Writes the model's variables to `path` (.npz); `load_model` rebuilds it."""
+  arrays = {name: np.asarray(leaf) for name, leaf in _state_leaves(model).items()}
+  partial = path + ".partial.npz"
+  np.savez(partial, **arrays)
+  os.replace(partial, path)
+
+
+def load_model(path: str, embedding_dim: int, hidden_dims) -> DiscoverabilityModel:
+  """The model `save_model` wrote to `path`, for `embedding_dim` inputs and `hidden_dims`; an
+  error names the file and what differs if its variables do not fit that shape."""
+  model = DiscoverabilityModel(embedding_dim, tuple(hidden_dims), rngs=nnx.Rngs(0))
+  state = nnx.state(model)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+  with np.load(path) as saved:
+    names = [_name(p) for p, _ in leaves]
+    if set(saved.files) != set(names):
+      raise ValueError(f"{path}: its variables {sorted(saved.files)} are not those of a model with "
+                       f"{embedding_dim} inputs and hidden_dims {tuple(hidden_dims)}: {sorted(names)}")
+    restored = []
+    for name, (_, leaf) in zip(names, leaves):
+      if saved[name].shape != leaf.shape:
+        raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model needs {leaf.shape}")
+      restored.append(jnp.asarray(saved[name], leaf.dtype))
+  nnx.update(model, jax.tree_util.tree_unflatten(treedef, restored))
+  return model

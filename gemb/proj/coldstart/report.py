@@ -332,7 +332,7 @@ def _content_score(config, world: simulator.World, embeddings: np.ndarray) -> np
     return embeddings
   past = world.day < config.world.history_days
   history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past], config)
-  return discoverability.content_scores(embeddings, past, history, seed=config.model.seed)
+  return discoverability.content_scores(embeddings, past, history, seed=config.model.seed)[0]
 
 
 def study(config, world: simulator.World, embedding_sets: dict) -> dict:

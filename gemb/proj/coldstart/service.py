@@ -4,8 +4,10 @@
       --config.items=catalogue.jsonl --config.bundle=BUNDLE
 
 1. reads the catalogue (catalogue.py) and embeds it through the serving bundle (cached by id);
-2. trains the discoverability model on logs of the simulated ToyWorld platform whose past items
-   the same bundle embeds (a platform with its own exploration logs would train on those);
+2. fits the discoverability model on logs of the simulated ToyWorld platform whose past items the
+   same bundle embeds, and tunes the allocation's settings on more of its items (a platform with
+   its own exploration logs would fit on those); the fit is saved (`service.model_dir`) and reused
+   by later calls with the same bundle and config;
 3. allocates the day's budget (`service.budget_per_item` * items) with the engagement seen so far
    (`service.engagement`, JSONL of {"item_id", "impressions", "clicks"}; none: a fresh day);
 4. writes one row per item: item_id, impressions (new today), p_discoverable (at its total
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import os
 import time
+from typing import NamedTuple
 
+import ml_collections
 import numpy as np
 
 from gemb.proj.coldstart import (allocation, catalogue, content, discoverability, embedder,
@@ -50,31 +55,117 @@ def read_engagement(path: str, ids: dict[str, int]) -> tuple[np.ndarray, np.ndar
   return impressions, clicks
 
 
-def train_on_simulated_logs(config, encoder: embedder.ItemEncoder, cache_dir: str):
-  """The discoverability model trained on `service.history_items` past ToyWorld items embedded
-  by `encoder`, with quality from the simulated users' taste: (model, metrics, features), where
-  features maps the catalogue's embeddings to what the model reads (config.model.embedding_dims
-  and config.model.content, as in the study)."""
-  items = content.toyworld_catalogue(config, config.service.history_items, seed_offset=1)
+class Fitted(NamedTuple):
+  """What the service allocates with: the discoverability model, what it reads of an embedding
+  (a Matryoshka prefix, `embedding_dims`; then a content score if `scorer`), the allocation's
+  tuned settings, and how the fit measured."""
+  model: discoverability.DiscoverabilityModel
+  scorer: discoverability.ContentScorer | None
+  embedding_dims: int
+  settings: dict
+  metrics: dict
+
+  def features(self, embeddings: np.ndarray) -> np.ndarray:
+    inputs = report.model_input(embeddings, self.embedding_dims)
+    if self.scorer is None:
+      return inputs
+    return self.scorer(inputs)[:, None].astype(np.float32)
+
+
+def service_config(config) -> ml_collections.ConfigDict:
+  """The config the service fits with: config.service.model over config.model, and one world of
+  `service.history_items` logged past items (day 0) and `service.tuning_items` items (day 1) on
+  which the allocation's settings (`service.allocation_tuning`) are chosen at the service's budget
+  (`service.budget_per_item`), in one round per call, as the service allocates."""
+  sc = config.service
+  fit_config = copy.deepcopy(config)
+  with fit_config.unlocked():
+    fit_config.model.update(sc.model.to_dict())
+    fit_config.world.history_days, fit_config.world.tuning_days = 1, 1
+    fit_config.exploration.budget_per_item = (sc.budget_per_item,)
+    fit_config.exploration.num_rounds = 1
+    fit_config.allocation_tuning = dict(sc.allocation_tuning)
+  return fit_config
+
+
+def fit_key(config, encoder: embedder.ItemEncoder) -> str:
+  """A digest of everything the fit depends on: a saved fit with another key is not reused."""
+  sc = config.service
+  parts = {"encoder": encoder.fingerprint, "combine": config.embedder.combine,
+           **{block: config[block].to_dict() for block in ("world", "model", "history",
+                                                           "recommender", "allocation")},
+           "service": {k: sc[k] for k in ("budget_per_item", "history_items", "tuning_items",
+                                          "model", "allocation_tuning")}}
+  text = json.dumps(parts, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def fit_on_simulated_platform(config, encoder: embedder.ItemEncoder, cache_dir: str) -> Fitted:
+  """The model trained on logs of `service.history_items` past ToyWorld items embedded by
+  `encoder`, with quality from the simulated users' taste, and the allocation's settings tuned on
+  `service.tuning_items` more (report.train_model and report.tune_allocation, as in the study).
+  A platform with its own exploration logs would fit on those."""
+  fit_config = service_config(config)
+  sc = config.service
+  items = content.toyworld_catalogue(config, sc.history_items + sc.tuning_items, seed_offset=1)
   embeddings = embedder.embed_items(encoder, items, batch_size=config.embedder.batch_size,
                                     combine=config.embedder.combine, cache_dir=cache_dir)
   quality = content.scene_quality(config, [item.scene for item in items],
                                   np.random.default_rng(config.world.seed))
-  history_config = copy.deepcopy(config)
-  with history_config.unlocked():
-    history_config.world.history_days = 1
-  dims = int(config.model.get("embedding_dims", 0))
-  embeddings = report.model_input(embeddings, dims)
-  features = lambda e: report.model_input(e, dims)
-  if config.model.get("content", "embedding") == "score":
-    history = simulator.log_history(np.random.default_rng(config.history.seed), quality, history_config)
-    scorer = discoverability.fit_content_scorer(embeddings, history)
-    embeddings = discoverability.content_scores(embeddings, np.ones(len(items), bool), history,
-                                                seed=config.model.seed)
-    features = lambda e: scorer(report.model_input(e, dims))[:, None].astype(np.float32)
-  world = simulator.World(embeddings, quality, np.zeros(len(items), np.int32))
-  model, model_metrics, _ = report.train_model(history_config, world)
-  return model, model_metrics, features
+  day = (np.arange(len(items)) >= sc.history_items).astype(np.int32)
+  dims = int(fit_config.model.get("embedding_dims", 0))
+  inputs, scorer = report.model_input(embeddings, dims), None
+  if fit_config.model.get("content", "embedding") == "score":
+    history = simulator.log_history(np.random.default_rng(fit_config.history.seed),
+                                    quality[day == 0], fit_config)
+    inputs, scorer = discoverability.content_scores(inputs, day == 0, history,
+                                                    seed=fit_config.model.seed)
+  world = simulator.World(inputs, quality, day)
+  model, metrics, _ = report.train_model(fit_config, world)
+  tuned = report.tune_allocation(fit_config, world, {"service": model}, {"service": inputs})
+  settings = tuned.get(sc.budget_per_item, {}).get("service", {})
+  metrics = {**{k: metrics[k] for k in ("ece", "auc", "history_items")},
+             "tuning_items": int(sc.tuning_items)}
+  return Fitted(model, scorer, dims, settings, metrics)
+
+
+def save_fitted(fitted: Fitted, directory: str, key: str) -> None:
+  """Writes the fit to `directory`: model.npz, content_scorer.npz (with a score) and
+  service_model.json (its key, shapes, settings and metrics), the manifest last."""
+  os.makedirs(directory, exist_ok=True)
+  discoverability.save_model(fitted.model, os.path.join(directory, "model.npz"))
+  if fitted.scorer is not None:
+    np.savez(os.path.join(directory, "content_scorer.npz"), coef=fitted.scorer.coef,
+             intercept=fitted.scorer.intercept)
+  model = fitted.model
+  manifest = {"key": key, "input_dim": int(model.feature_mean.shape[0]) - discoverability.NUM_ENGAGEMENT_FEATURES,
+              "hidden_dims": [layer.out_features for layer in model.hidden],
+              "embedding_dims": fitted.embedding_dims, "content_score": fitted.scorer is not None,
+              "allocation_settings": fitted.settings, "metrics": fitted.metrics}
+  partial = os.path.join(directory, "service_model.json.partial")
+  with open(partial, "w") as f:
+    json.dump(manifest, f, indent=2, default=list)
+  os.replace(partial, os.path.join(directory, "service_model.json"))
+
+
+def load_fitted(directory: str, key: str) -> Fitted | None:
+  """The fit `save_fitted` wrote to `directory` if its key is `key`; None if there is none or it
+  was fitted for another bundle or config."""
+  path = os.path.join(directory, "service_model.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get("key") != key:
+    return None
+  model = discoverability.load_model(os.path.join(directory, "model.npz"), manifest["input_dim"],
+                                     manifest["hidden_dims"])
+  scorer = None
+  if manifest["content_score"]:
+    with np.load(os.path.join(directory, "content_scorer.npz")) as saved:
+      scorer = discoverability.ContentScorer(saved["coef"], float(saved["intercept"]))
+  return Fitted(model, scorer, manifest["embedding_dims"], manifest["allocation_settings"],
+                manifest["metrics"])
 
 
 def write_allocation(path: str, ids, impressions: np.ndarray, p_discoverable: np.ndarray) -> None:
@@ -106,14 +197,21 @@ def run(config, workdir: str) -> dict:
   embeddings = embedder.embed_items(encoder, items, batch_size=config.embedder.batch_size,
                                     combine=config.embedder.combine, cache_dir=cache_dir)
   embedded = time.perf_counter()
-  model, model_metrics, features = train_on_simulated_logs(config, encoder, cache_dir)
-  embeddings = features(embeddings)
+  model_dir = config.service.model_dir or os.path.join(workdir, "coldstart", "service_model")
+  key = fit_key(config, encoder)
+  fitted = load_fitted(model_dir, key)
+  reused = fitted is not None
+  if fitted is None:
+    fitted = fit_on_simulated_platform(config, encoder, cache_dir)
+    save_fitted(fitted, model_dir, key)
   trained = time.perf_counter()
   ids = [item.item_id for item in items]
   impressions, clicks = read_engagement(config.service.engagement, {i: k for k, i in enumerate(ids)})
   budget = int(config.service.budget_per_item * len(items))
-  curves = discoverability.predict_curves(model, embeddings, impressions, clicks)
-  increments, state = allocation.allocate_round(curves, impressions, budget, config.allocation)
+  curves = discoverability.predict_curves(fitted.model, fitted.features(embeddings), impressions,
+                                          clicks)
+  increments, state = allocation.allocate_round(curves, impressions, budget,
+                                                report.allocation_config(config, fitted.settings))
   p_discoverable = discoverability.discoverability(curves, impressions + increments)
   allocated = time.perf_counter()
   out_dir = os.path.join(workdir, "coldstart")
@@ -123,8 +221,9 @@ def run(config, workdir: str) -> dict:
       "items": len(items), "budget": budget, "allocated": int(increments.sum()),
       "funded_items": int((increments > 0).sum()), "expected_discoverable": float(p_discoverable.sum()),
       "item_states": state, "output": os.path.abspath(output), "bundle": os.path.abspath(embedder_config.bundle),
-      "model": {k: model_metrics[k] for k in ("ece", "auc", "history_items")},
-      "seconds": {"embed": embedded - start, "train_model": trained - embedded,
+      "model": {**fitted.metrics, "directory": os.path.abspath(model_dir), "reused": reused},
+      "allocation_settings": fitted.settings,
+      "seconds": {"embed": embedded - start, "fit_or_load_model": trained - embedded,
                   "allocate": allocated - trained},
   }
   os.makedirs(out_dir, exist_ok=True)
