@@ -1,4 +1,5 @@
-"""The discoverability allocation: budget, the brute-force optimum with an oracle model, stopping rules."""
+"""The discoverability allocation: budget, the brute-force optimum with an oracle model, stopping
+rules."""
 import itertools
 import time
 
@@ -9,8 +10,8 @@ from flax import nnx
 
 from gemb.proj.coldstart import allocation, discoverability, simulator
 
-RECOMMENDER = ml_collections.ConfigDict(dict(prior_rate=0.05, prior_impressions=20.0, threshold=0.12,
-                                             serve_step=25, min_served=100))
+RECOMMENDER = ml_collections.ConfigDict(dict(prior_rate=0.05, prior_impressions=20.0,
+                                             threshold=0.12, serve_step=25, min_served=100))
 
 
 def _allocation_config(**overrides):
@@ -91,7 +92,8 @@ def test_oracle_model_reaches_the_brute_force_optimum(num_rounds):
     out = simulator.explore(np.random.default_rng(0), np.full(len(required), 0.1), policy, budget,
                             num_rounds, RECOMMENDER)
     discovered = int((out.impressions >= required).sum())
-    assert discovered == _brute_force_optimum(required.tolist(), budget, config.max_traffic_per_item)
+    assert discovered == _brute_force_optimum(required.tolist(), budget,
+                                              config.max_traffic_per_item)
 
 
 def test_graduated_and_hopeless_items_get_no_more_traffic():
@@ -113,13 +115,14 @@ def test_graduated_and_hopeless_items_get_no_more_traffic():
 def test_discoverability_policy_rejects_nan_embeddings():
   model = discoverability.DiscoverabilityModel(2, (4,), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="NaN or infinite"):
-    allocation.discoverability_policy(model, np.array([[0.0, 1.0], [np.inf, 0.0]]), _allocation_config())
+    allocation.discoverability_policy(model, np.array([[0.0, 1.0], [np.inf, 0.0]]),
+                                      _allocation_config())
 
 
 def test_negative_round_budget_is_an_error():
   with pytest.raises(ValueError, match="round budget must be >= 0"):
-    allocation.allocate_round(_random_curves(np.random.default_rng(0), 3), np.zeros(3, np.int64), -5,
-                              _allocation_config())
+    allocation.allocate_round(_random_curves(np.random.default_rng(0), 3), np.zeros(3, np.int64),
+                              -5, _allocation_config())
 
 
 @pytest.mark.slow

@@ -29,7 +29,8 @@ def test_uniform_shares_within_one_impression():
 def test_ucb_tries_unseen_items_first():
   impressions = np.array([100, 0, 50, 0, 10])
   clicks = np.array([90, 0, 40, 0, 9])  # seen items look great, yet the unseen come first
-  increments = baselines.ucb_policy(chunk=5, exploration=1.0)(0, impressions, clicks, 10, np.random.default_rng(0))
+  increments = baselines.ucb_policy(chunk=5, exploration=1.0)(0, impressions, clicks, 10,
+                                                              np.random.default_rng(0))
   np.testing.assert_array_equal(increments, [0, 5, 0, 5, 0])
 
 
@@ -38,10 +39,12 @@ def test_ucb_index_by_hand():
   # item 1: 0.3 + 0.470 = 0.770; item 2: 0.1 + 0.332 = 0.432 -> the one chunk goes to item 0.
   impressions = np.array([100, 50, 100])
   clicks = np.array([50, 15, 10])
-  increments = baselines.ucb_policy(chunk=4, exploration=1.0)(0, impressions, clicks, 4, np.random.default_rng(0))
+  increments = baselines.ucb_policy(chunk=4, exploration=1.0)(0, impressions, clicks, 4,
+                                                              np.random.default_rng(0))
   np.testing.assert_array_equal(increments, [4, 0, 0])
   # With exploration 3 the less-seen item 1 wins: 0.3 + 3 * 0.470 = 1.71 > 0.5 + 3 * 0.332 = 1.50.
-  increments = baselines.ucb_policy(chunk=4, exploration=3.0)(0, impressions, clicks, 4, np.random.default_rng(0))
+  increments = baselines.ucb_policy(chunk=4, exploration=3.0)(0, impressions, clicks, 4,
+                                                              np.random.default_rng(0))
   np.testing.assert_array_equal(increments, [0, 4, 0])
 
 
@@ -50,17 +53,20 @@ def test_thompson_follows_the_posterior():
   impressions = np.full(5, 100_000)
   clicks = (impressions * np.array([0.05, 0.3, 0.1, 0.25, 0.01])).astype(np.int64)
   rng = np.random.default_rng(0)
-  increments = baselines.thompson_policy(chunk=3, prior_rate=0.1, prior_impressions=20.0)(0, impressions, clicks, 6, rng)
+  increments = baselines.thompson_policy(chunk=3, prior_rate=0.1, prior_impressions=20.0)(
+      0, impressions, clicks, 6, rng)
   np.testing.assert_array_equal(increments, [0, 3, 0, 3, 0])
   # With no data the draws come from the prior: over many rounds every item is chosen about equally.
-  counts = sum(baselines.thompson_policy(1, 0.1, 20.0)(0, np.zeros(5, np.int64), np.zeros(5, np.int64), 1, rng)
+  counts = sum(baselines.thompson_policy(1, 0.1, 20.0)(0, np.zeros(5, np.int64),
+                                                       np.zeros(5, np.int64), 1, rng)
                for _ in range(5000))
   np.testing.assert_allclose(counts / 5000, 0.2, atol=0.03)
 
 
 def test_random_spreads_chunks_uniformly():
   rng = np.random.default_rng(0)
-  increments = baselines.random_policy(chunk=2)(0, np.zeros(10, np.int64), np.zeros(10, np.int64), 200_000, rng)
+  increments = baselines.random_policy(chunk=2)(0, np.zeros(10, np.int64), np.zeros(10, np.int64),
+                                                200_000, rng)
   assert (increments % 2 == 0).all()
   np.testing.assert_allclose(increments / 20_000, 1.0, atol=0.03)  # 10_000 chunks each, +- 3%
 

@@ -10,7 +10,8 @@ from gemb.proj.coldstart import discoverability
 
 
 def _model_config(**overrides):
-  values = dict(seed=0, hidden_dims=(16,), learning_rate=1e-2, weight_decay=0.0, batch_size=512, epochs=15)
+  values = dict(seed=0, hidden_dims=(16,), learning_rate=1e-2, weight_decay=0.0, batch_size=512,
+                epochs=15)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -20,7 +21,8 @@ def _rows(embeddings, traffic, labels, impressions=None, clicks=None):
   impressions = np.zeros(n, np.int64) if impressions is None else impressions
   clicks = np.zeros(n, np.int64) if clicks is None else clicks
   return discoverability.TrainingRows(embeddings.astype(np.float32), impressions, clicks,
-                                      traffic.astype(np.float32), labels.astype(np.float32), np.arange(n))
+                                      traffic.astype(np.float32), labels.astype(np.float32),
+                                      np.arange(n))
 
 
 def test_model_stays_monotone_in_traffic_even_when_data_say_otherwise():
@@ -32,7 +34,8 @@ def test_model_stays_monotone_in_traffic_even_when_data_say_otherwise():
   labels = rng.random(n) < np.where(traffic < 30, 0.8, 0.1)
   impressions = np.floor(traffic * rng.random(n)).astype(np.int64)
   clicks = rng.binomial(impressions, 0.1)
-  model, _ = discoverability.train(_rows(embeddings, traffic, labels, impressions, clicks), _model_config())
+  model, _ = discoverability.train(_rows(embeddings, traffic, labels, impressions, clicks),
+                                   _model_config())
   curves = discoverability.predict_curves(model, embeddings[:500], impressions[:500], clicks[:500])
   grid = np.broadcast_to(np.arange(0, 2000, 7, dtype=np.float64), (500, 286))
   p = discoverability.discoverability(curves, grid)  # [500, G]
@@ -41,9 +44,10 @@ def test_model_stays_monotone_in_traffic_even_when_data_say_otherwise():
 
 
 def _numpy_curves(model, embeddings, engagement):
-  """The model's forward pass re-done in numpy from its weights (tanh-approximate GELU, as jax's default)."""
-  x = (np.concatenate([embeddings, engagement], 1) - np.asarray(model.feature_mean[...])) / np.asarray(
-      model.feature_std[...])
+  """The model's forward pass re-done in numpy from its weights (tanh-approximate GELU, as jax's
+  default)."""
+  x = (np.concatenate([embeddings, engagement], 1)
+       - np.asarray(model.feature_mean[...])) / np.asarray(model.feature_std[...])
   for layer in model.hidden:
     h = x @ np.asarray(layer.kernel[...]) + np.asarray(layer.bias[...])
     x = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
@@ -57,18 +61,22 @@ def test_predicted_curves_match_a_numpy_forward_pass():
   embeddings = rng.standard_normal((1000, 6)).astype(np.float32)
   impressions = rng.integers(0, 100, 1000)
   clicks = rng.binomial(impressions, 0.2)
-  curves = discoverability.predict_curves(model, embeddings, impressions, clicks, batch_size=384)  # 2*384 + 232
-  offset, slope = _numpy_curves(model, embeddings, discoverability.engagement_features(impressions, clicks))
+  curves = discoverability.predict_curves(model, embeddings, impressions, clicks,
+                                          batch_size=384)  # 2*384 + 232
+  offset, slope = _numpy_curves(model, embeddings,
+                                discoverability.engagement_features(impressions, clicks))
   np.testing.assert_allclose(curves.offset, offset, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(curves.slope, slope, rtol=1e-4, atol=1e-4)
 
 
 def test_required_traffic_inverts_the_curve():
-  curves = discoverability.Curves(offset=np.array([-6.0, -3.0, 0.5, -10.0]), slope=np.array([1.2, 0.4, 2.0, 3.0]))
+  curves = discoverability.Curves(offset=np.array([-6.0, -3.0, 0.5, -10.0]),
+                                  slope=np.array([1.2, 0.4, 2.0, 3.0]))
   confidence = 0.7
   required = discoverability.required_traffic(curves, confidence)
   for i in range(4):
-    p_i = lambda y: 1 / (1 + np.exp(-(curves.offset[i] + curves.slope[i] * np.log1p(y)))) - confidence
+    p_i = lambda y: (1 / (1 + np.exp(-(curves.offset[i] + curves.slope[i] * np.log1p(y))))
+                     - confidence)
     reference = 0.0 if p_i(0.0) >= 0 else optimize.brentq(p_i, 0.0, 1e9, xtol=1e-9, rtol=1e-12)
     assert required[i] == pytest.approx(reference, rel=1e-6, abs=1e-6)
   with pytest.raises(ValueError, match="confidence must lie in"):
@@ -84,7 +92,8 @@ def test_training_recovers_a_known_logistic_curve():
   true_p = 1 / (1 + np.exp(-(1.5 * embeddings[:, 0] - 3 + 0.8 * np.log1p(traffic))))
   labels = rng.random(n) < true_p
   train, test = slice(0, 8192), slice(8192, n)  # 8192 rows as in the test above: one compiled epoch
-  model, losses = discoverability.train(_rows(embeddings[train], traffic[train], labels[train]), _model_config())
+  model, losses = discoverability.train(_rows(embeddings[train], traffic[train], labels[train]),
+                                        _model_config())
   assert losses[-1] < losses[0]
   zeros = np.zeros(n - 8192, np.int64)
   curves = discoverability.predict_curves(model, embeddings[test], zeros, zeros)
@@ -96,7 +105,8 @@ def test_training_recovers_a_known_logistic_curve():
 def test_expected_calibration_error_by_hand():
   # 2 bins: [0.1, 0.2] -> mean p 0.15, frequency 0.5; [0.8, 0.9] -> mean p 0.85, frequency 1.
   # ECE = 2/4 * |0.5 - 0.15| + 2/4 * |1 - 0.85| = 0.175 + 0.075.
-  ece = discoverability.expected_calibration_error(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 1, 1, 1]), 2)
+  ece = discoverability.expected_calibration_error(np.array([0.1, 0.2, 0.8, 0.9]),
+                                                   np.array([0, 1, 1, 1]), 2)
   assert ece == pytest.approx(0.25)
   # Labels drawn from the probabilities themselves are calibrated: ECE ~ 0.
   rng = np.random.default_rng(0)

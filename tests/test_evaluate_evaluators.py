@@ -13,8 +13,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import ndcg_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from gemb.evaluate import (bitext, classification, clustering, embeddings, multilabel, pair_classification,
-                           registry, reranking, retrieval, sts, suite)
+from gemb.evaluate import (bitext, classification, clustering, embeddings, multilabel,
+                           pair_classification, registry, reranking, retrieval, sts, suite)
 
 
 def item(vector, key):
@@ -32,7 +32,8 @@ def perfect_embed(inputs):
 def random_embed(dim, salt=0):
   def embed_fn(inputs):
     seeds = [zlib.crc32(repr(parts[0]["key"]).encode()) for parts in inputs]  # stable across runs
-    return np.stack([np.random.default_rng([salt, s]).normal(size=dim) for s in seeds]).astype(np.float32)
+    return np.stack([np.random.default_rng([salt, s]).normal(size=dim)
+                     for s in seeds]).astype(np.float32)
   return embed_fn
 
 
@@ -59,7 +60,8 @@ def sts_task(n=300, **options):
 
 def classification_task(n_train=200, n_test=400, num_classes=4, **options):
   rng = np.random.default_rng(1)
-  train_labels, test_labels = rng.integers(0, num_classes, n_train), rng.integers(0, num_classes, n_test)
+  train_labels, test_labels = (rng.integers(0, num_classes, n_train),
+                               rng.integers(0, num_classes, n_test))
   train = [item(one_hot(y, num_classes), ("train", i)) for i, y in enumerate(train_labels)]
   test = [item(one_hot(y, num_classes), ("test", i)) for i, y in enumerate(test_labels)]
   return classification.Evaluator(train, train_labels, test, test_labels, **options)
@@ -67,8 +69,8 @@ def classification_task(n_train=200, n_test=400, num_classes=4, **options):
 
 def clustering_task(n=400, num_classes=4, **options):
   labels = np.random.default_rng(2).integers(0, num_classes, n)
-  return clustering.Evaluator([item(one_hot(y, num_classes), ("x", i)) for i, y in enumerate(labels)], labels,
-                              **options)
+  return clustering.Evaluator(
+      [item(one_hot(y, num_classes), ("x", i)) for i, y in enumerate(labels)], labels, **options)
 
 
 def pair_task(n=400, **options):
@@ -103,7 +105,8 @@ def multilabel_task(n_train=200, n_test=200, num_labels=5, **options):
   rng = np.random.default_rng(5)
   train_sets = multilabel_label_sets(rng, n_train, num_labels)
   test_sets = multilabel_label_sets(rng, n_test, num_labels)
-  code = lambda s: one_hot(sum(1 << l for l in s), 2 ** num_labels)  # one-hot of the whole label set
+  # one-hot of the whole label set
+  code = lambda s: one_hot(sum(1 << l for l in s), 2 ** num_labels)
   train = [item(code(s), ("train", i)) for i, s in enumerate(train_sets)]
   test = [item(code(s), ("test", i)) for i, s in enumerate(test_sets)]
   return multilabel.Evaluator(train, train_sets, test, test_sets, num_labels=num_labels, knn_k=1,
@@ -205,7 +208,8 @@ def test_chunked_retrieval_equals_unchunked():
     return perfect_embed(inputs)
   chunked = run(retrieval.Evaluator(queries, corpus, relevant, batch_size=7, query_block=5,
                                     corpus_block=6, **options), recording_embed)
-  whole = run(retrieval.Evaluator(queries, corpus, relevant, batch_size=1000, **options), perfect_embed)
+  whole = run(retrieval.Evaluator(queries, corpus, relevant, batch_size=1000, **options),
+              perfect_embed)
   assert max(calls) == 7 and sum(calls) == 110
   assert chunked == whole
 
@@ -213,7 +217,8 @@ def test_chunked_retrieval_equals_unchunked():
 def test_retrieval_graded_ndcg_matches_sklearn_and_fraction_recall_by_hand():
   rng = np.random.default_rng(7)
   num_queries, num_corpus = 30, 40
-  grades = rng.integers(0, 4, (num_queries, num_corpus)) * (rng.random((num_queries, num_corpus)) < 0.2)
+  grades = rng.integers(0, 4, (num_queries, num_corpus)) * (
+      rng.random((num_queries, num_corpus)) < 0.2)
   grades[np.arange(num_queries), rng.integers(0, num_corpus, num_queries)] = 3
   qrels = np.array([(q, c, grades[q, c]) for q, c in zip(*np.nonzero(grades))])  # [P, 3]
   vectors = rng.normal(size=(num_queries + num_corpus, 12))
@@ -235,8 +240,8 @@ def test_bidirectional_retrieval_with_two_captions_per_image():
   images = [item(one_hot(i, 13), ("i", i)) for i in range(13)]
   relevant = [{i // 2} for i in range(20)]
   hit = run(retrieval.Evaluator(captions, images, relevant, bidirectional=True), perfect_embed)
-  fraction = run(retrieval.Evaluator(captions, images, relevant, bidirectional=True, recall="fraction"),
-                 perfect_embed)
+  fraction = run(retrieval.Evaluator(captions, images, relevant, bidirectional=True,
+                                     recall="fraction"), perfect_embed)
   assert hit["R@1"] == hit["R@1@reverse"] == 1.0
   assert fraction["R@1@reverse"] == pytest.approx(0.5)  # top 1 holds one of the 2 captions
   assert fraction["R@5@reverse"] == pytest.approx(1.0)
@@ -249,7 +254,8 @@ def test_quantized_retrieval_against_float_and_an_independent_binary_search():
   query_vectors = corpus_vectors + 0.9 * rng.normal(size=(400, 64)).astype(np.float32)
   evaluator = retrieval.Evaluator([item(v, ("q", i)) for i, v in enumerate(query_vectors)],
                                   [item(v, ("c", i)) for i, v in enumerate(corpus_vectors)],
-                                  [{i} for i in range(400)], quantization=("int8", "binary"), rescore_k=50)
+                                  [{i} for i in range(400)], quantization=("int8", "binary"),
+                                  rescore_k=50)
   results = run(evaluator, perfect_embed)
   # int8 keeps ~7 bits per dim: ranking nearly unchanged.
   assert abs(results["R@1@int8"] - results["R@1"]) <= 0.02
@@ -272,7 +278,8 @@ def test_quantized_retrieval_against_float_and_an_independent_binary_search():
 def test_mrl_keys_for_every_prefix_dim(name):
   build, expected_metrics = TASKS[name]
   results = run(build(mrl_dims=(2, 4, 8)), random_embed(8))  # 8 = full width: reported unsuffixed
-  assert set(results) == expected_metrics | {f"{m}@dim={d}" for m in expected_metrics for d in (2, 4)}
+  assert set(results) == expected_metrics | {f"{m}@dim={d}" for m in expected_metrics
+                                             for d in (2, 4)}
 
 
 def test_mrl_scores_use_renormalised_prefixes():
@@ -297,7 +304,7 @@ def test_mrl_dim_wider_than_embedding_is_an_error():
     run(sts_task(10, mrl_dims=(4,)), perfect_embed)  # sts_task embeddings are 2-dim
 
 
-# ----------------------------------------------------------------------------- classification vs sklearn
+# ------------------------------------------------------------------------ classification vs sklearn
 def test_classification_probe_and_knn_match_sklearn():
   rng = np.random.default_rng(10)
   centres = rng.normal(size=(3, 12))
@@ -305,8 +312,8 @@ def test_classification_probe_and_knn_match_sklearn():
   vectors = centres[labels] + 1.2 * rng.normal(size=(300, 12))
   inputs = [item(v, i) for i, v in enumerate(vectors)]
   class_names = np.array(["red", "green", "blue"])[labels]  # string labels are fine
-  evaluator = classification.Evaluator(inputs[:200], class_names[:200], inputs[200:], class_names[200:],
-                                       l2=1e-3, knn_k=7)
+  evaluator = classification.Evaluator(inputs[:200], class_names[:200], inputs[200:],
+                                       class_names[200:], l2=1e-3, knn_k=7)
   results = run(evaluator, perfect_embed)
   unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
   probe = LogisticRegression(C=1 / (1e-3 * 200), max_iter=10_000).fit(unit[:200], labels[:200])
@@ -344,7 +351,8 @@ def test_run_suite_keys_and_registry():
                                   corpus=[item(one_hot(i, 4), i) for i in range(4)],
                                   relevant=[{i} for i in range(4)], mrl_dims=(2,)),
            "sts": registry.get("gemb.evaluate.sts")(  # a full module path works too
-               [item([1.0, 0.0], 0)] * 3, [item([1.0, 0.0], 1), item([0.6, 0.8], 2), item([0.0, 1.0], 3)],
+               [item([1.0, 0.0], 0)] * 3,
+               [item([1.0, 0.0], 1), item([0.6, 0.8], 2), item([0.0, 1.0], 3)],
                [3.0, 2.0, 1.0])}
   results = suite.run_suite("toy", tasks, perfect_embed)
   assert results["toy/t2i/R@1"] == 1.0 and results["toy/sts/spearman"] == 1.0

@@ -42,7 +42,8 @@ def test_ndcg_matches_sklearn_graded():
   order = np.argsort(-scores, axis=1)
   gains = np.take_along_axis(relevance, order, 1).astype(float)
   ideal = -np.sort(-relevance, axis=1).astype(float)
-  assert metrics.ndcg_at_k(gains, ideal, 10) == pytest.approx(skm.ndcg_score(relevance, scores, k=10))
+  assert metrics.ndcg_at_k(gains, ideal, 10) == pytest.approx(
+      skm.ndcg_score(relevance, scores, k=10))
 
 
 # ----------------------------------------------------------------------------- precision
@@ -72,7 +73,8 @@ def test_mean_average_precision_by_hand():
   scores = [np.array([0.9, 0.1, 0.5]), np.array([0.2, 0.3])]
   labels = [np.array([0, 1, 1]), np.array([1, 0])]
   # q0 ranks: 0.9(0) 0.5(1) 0.1(1) -> (1/2 + 2/3) / 2; q1: 0.3(0) 0.2(1) -> 1/2
-  assert metrics.mean_average_precision(scores, labels) == pytest.approx(((1 / 2 + 2 / 3) / 2 + 1 / 2) / 2)
+  assert metrics.mean_average_precision(scores, labels) == pytest.approx(
+      ((1 / 2 + 2 / 3) / 2 + 1 / 2) / 2)
 
 
 # ----------------------------------------------------------------------------- correlation

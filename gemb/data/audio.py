@@ -1,4 +1,5 @@
-"""Audio: file decoding (WAV, FLAC, OGG, MP3, ...), resampling to the model's rate, log-mel spectrogram (numpy).
+"""Audio: file decoding (WAV, FLAC, OGG, MP3, ...), resampling to the model's rate, log-mel
+spectrogram (numpy).
 
 The log-mel front end, with every number from config.model:
 

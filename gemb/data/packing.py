@@ -101,7 +101,8 @@ def pack_inputs(inputs: Sequence[Sequence[Mapping[str, np.ndarray]]], layout: La
     n = layout.max_parts[m]
     side[f"{m}_part"] = np.full((batch, n), -1, np.int32)
   if "text" in present:
-    side["text_tokens"] = np.zeros((batch, layout.max_parts["text"], layout.max_text_tokens), np.int32)
+    side["text_tokens"] = np.zeros((batch, layout.max_parts["text"], layout.max_text_tokens),
+                                   np.int32)
   if "image" in present:
     side["image"] = np.zeros((batch, layout.max_parts["image"], hmax, wmax, 3), np.float32)
     side["image_hw"] = np.zeros((batch, layout.max_parts["image"], 2), np.int32)
@@ -134,7 +135,8 @@ def pack_inputs(inputs: Sequence[Sequence[Mapping[str, np.ndarray]]], layout: La
       side[f"{m}_part"][b, k] = i
       if m == "text":
         if value.ndim != 1 or not np.issubdtype(value.dtype, np.integer):
-          raise _shape_error(where, f"text must be int token ids [L], got {value.dtype}{list(value.shape)}")
+          raise _shape_error(
+              where, f"text must be int token ids [L], got {value.dtype}{list(value.shape)}")
         if value.size == 0:
           raise _shape_error(where, "empty text (no tokens)")
         if (value <= 0).any():

@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from gemb.evaluate import metrics, search
-from gemb.evaluate.embeddings import EmbedFn, Input, Metrics, check_inputs, embed_in_chunks, over_mrl_dims
+from gemb.evaluate.embeddings import (EmbedFn, Input, Metrics, check_inputs, embed_in_chunks,
+                                      over_mrl_dims)
 
 
 class Evaluator:
@@ -31,7 +32,8 @@ class Evaluator:
       raise ValueError(f"bitext: {len(self.source)} source but {len(self.target)} target inputs; "
                        "they must be aligned one to one.")
     self.batch_size, self.mrl_dims, self.bidirectional = batch_size, tuple(mrl_dims), bidirectional
-    self.search = functools.partial(search.top_k, query_block=query_block, corpus_block=corpus_block)
+    self.search = functools.partial(search.top_k, query_block=query_block,
+                                    corpus_block=corpus_block)
 
   def run(self, embed_fn: EmbedFn) -> Metrics:
     source = embed_in_chunks(embed_fn, self.source, self.batch_size)  # [N, D]
@@ -39,7 +41,8 @@ class Evaluator:
     yield from over_mrl_dims((source, target), self.mrl_dims, self._metrics)
 
   def _metrics(self, source: np.ndarray, target: np.ndarray) -> Metrics:
-    directions = [("", source, target)] + ([("@reverse", target, source)] if self.bidirectional else [])
+    directions = [("", source, target)] + (
+        [("@reverse", target, source)] if self.bidirectional else [])
     gold = np.arange(len(source))
     for suffix, queries, corpus in directions:
       _, nearest = self.search(queries, corpus, 1)

@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from gemb.evaluate import metrics, probes
-from gemb.evaluate.embeddings import EmbedFn, Input, Metrics, check_inputs, embed_in_chunks, over_mrl_dims
+from gemb.evaluate.embeddings import (EmbedFn, Input, Metrics, check_inputs, embed_in_chunks,
+                                      over_mrl_dims)
 
 
 def encode_labels(train_labels, test_labels, what: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -35,8 +36,9 @@ class Evaluator:
     self.train_inputs = check_inputs(train_inputs, "classification train_inputs")
     self.test_inputs = check_inputs(test_inputs, "classification test_inputs")
     if len(train_labels) != len(self.train_inputs) or len(test_labels) != len(self.test_inputs):
-      raise ValueError(f"classification: {len(self.train_inputs)} train / {len(self.test_inputs)} test "
-                       f"inputs but {len(train_labels)} / {len(test_labels)} labels; give one label each.")
+      raise ValueError(f"classification: {len(self.train_inputs)} train / "
+                       f"{len(self.test_inputs)} test inputs but {len(train_labels)} / "
+                       f"{len(test_labels)} labels; give one label each.")
     self.train_labels, self.test_labels, self.num_classes = encode_labels(
         train_labels, test_labels, "classification")
     self.batch_size, self.mrl_dims = batch_size, tuple(mrl_dims)
@@ -54,5 +56,6 @@ class Evaluator:
     predictions = probes.predict_logistic_regression(test, weights, bias)
     yield "accuracy", metrics.accuracy(self.test_labels, predictions)
     yield "f1", metrics.macro_f1(self.test_labels, predictions)
-    knn_predictions = probes.knn_classify(train, self.train_labels, test, self.knn_k, self.num_classes)
+    knn_predictions = probes.knn_classify(train, self.train_labels, test, self.knn_k,
+                                          self.num_classes)
     yield "knn_accuracy", metrics.accuracy(self.test_labels, knn_predictions)

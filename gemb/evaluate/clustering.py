@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from gemb.evaluate import metrics, probes
-from gemb.evaluate.embeddings import EmbedFn, Input, Metrics, check_inputs, embed_in_chunks, over_mrl_dims
+from gemb.evaluate.embeddings import (EmbedFn, Input, Metrics, check_inputs, embed_in_chunks,
+                                      over_mrl_dims)
 
 
 class Evaluator:
@@ -24,8 +25,8 @@ class Evaluator:
     self.inputs = check_inputs(inputs, "clustering inputs")
     self.labels = np.asarray(labels)
     if self.labels.shape != (len(self.inputs),):
-      raise ValueError(f"clustering: {len(self.inputs)} inputs but labels of shape {self.labels.shape}; "
-                       "give one label per input.")
+      raise ValueError(f"clustering: {len(self.inputs)} inputs but labels of shape "
+                       f"{self.labels.shape}; give one label per input.")
     self.num_clusters = num_clusters or len(np.unique(self.labels))
     self.batch_size, self.mrl_dims = batch_size, tuple(mrl_dims)
     self.num_init, self.max_steps, self.seed = num_init, max_steps, seed

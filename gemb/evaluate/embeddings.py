@@ -10,7 +10,8 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-Input = list  # one input: an ordered list of parts, e.g. [{"image": array}, {"text": "what colour?"}]
+# one input: an ordered list of parts, e.g. [{"image": array}, {"text": "what colour?"}]
+Input = list
 EmbedFn = Callable[[list[Input]], np.ndarray]
 Metrics = Iterator[tuple[str, float]]
 
@@ -21,16 +22,18 @@ def check_inputs(inputs: Sequence[Input], what: str) -> list[Input]:
   if not inputs:
     raise ValueError(f"{what} is empty; an evaluator needs at least one input.")
   for i, parts in enumerate(inputs):
-    if not isinstance(parts, (list, tuple)) or not parts or not all(isinstance(p, dict) for p in parts):
+    if (not isinstance(parts, (list, tuple)) or not parts
+        or not all(isinstance(p, dict) for p in parts)):
       raise TypeError(
-          f"{what}[{i}] is {type(parts).__name__} {str(parts)[:80]!r}; an input is a non-empty list "
-          "of parts, each a dict of one modality, e.g. [{'text': 'a red cube'}].")
+          f"{what}[{i}] is {type(parts).__name__} {str(parts)[:80]!r}; an input is a non-empty "
+          "list of parts, each a dict of one modality, e.g. [{'text': 'a red cube'}].")
   return inputs
 
 
 def check_pairs(inputs_a: Sequence[Input], inputs_b: Sequence[Input], values, what: str):
   """Checks two aligned input lists and one value per pair; returns (list, list, array)."""
-  inputs_a, inputs_b = check_inputs(inputs_a, f"{what} inputs_a"), check_inputs(inputs_b, f"{what} inputs_b")
+  inputs_a, inputs_b = (check_inputs(inputs_a, f"{what} inputs_a"),
+                        check_inputs(inputs_b, f"{what} inputs_b"))
   values = np.asarray(values)
   if not len(inputs_a) == len(inputs_b) == len(values):
     raise ValueError(f"{what}: inputs_a, inputs_b and the per-pair values have lengths "
@@ -48,13 +51,14 @@ def embed_in_chunks(embed_fn: EmbedFn, inputs: Sequence[Input], batch_size: int)
     out = np.asarray(embed_fn(chunk), dtype=np.float32)
     if out.ndim != 2 or out.shape[0] != len(chunk):
       raise ValueError(
-          f"embed_fn returned shape {out.shape} for {len(chunk)} inputs; it must return one row per "
-          f"input, [{len(chunk)}, D].")
+          f"embed_fn returned shape {out.shape} for {len(chunk)} inputs; it must return one row "
+          f"per input, [{len(chunk)}, D].")
     if chunks and out.shape[1] != chunks[0].shape[1]:
       raise ValueError(f"embed_fn returned D={out.shape[1]} after D={chunks[0].shape[1]}; the "
                        "embedding width must not change between calls.")
     if not np.all(np.isfinite(out)):
-      raise ValueError(f"embed_fn returned non-finite values for inputs {start}..{start + len(chunk) - 1}.")
+      raise ValueError(f"embed_fn returned non-finite values for inputs "
+                       f"{start}..{start + len(chunk) - 1}.")
     chunks.append(out)
   return np.concatenate(chunks, axis=0)
 

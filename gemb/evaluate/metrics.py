@@ -53,7 +53,8 @@ def ndcg_at_k(gains: np.ndarray, ideal_gains: np.ndarray, k: int) -> float:
 
   Args:
     gains: [Q, K] grade of each retrieved item in rank order.
-    ideal_gains: [Q, K'] each query's grades sorted descending (zero padded), K' >= min(k, #relevant).
+    ideal_gains: [Q, K'] each query's grades sorted descending (zero padded),
+      K' >= min(k, #relevant).
   """
   def dcg(g):
     g = np.asarray(g, np.float64)[:, :k]

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from gemb.evaluate import metrics, probes
-from gemb.evaluate.embeddings import EmbedFn, Input, Metrics, check_inputs, embed_in_chunks, over_mrl_dims
+from gemb.evaluate.embeddings import (EmbedFn, Input, Metrics, check_inputs, embed_in_chunks,
+                                      over_mrl_dims)
 
 
 def as_label_matrix(labels, num_inputs: int, num_labels: int, what: str) -> np.ndarray:

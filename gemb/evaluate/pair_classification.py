@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from gemb.evaluate import metrics
-from gemb.evaluate.embeddings import EmbedFn, Input, Metrics, check_pairs, embed_in_chunks, over_mrl_dims
+from gemb.evaluate.embeddings import (EmbedFn, Input, Metrics, check_pairs, embed_in_chunks,
+                                      over_mrl_dims)
 
 
 class Evaluator:
@@ -21,9 +22,11 @@ class Evaluator:
 
   def __init__(self, inputs_a: Sequence[Input], inputs_b: Sequence[Input], labels, *,
                batch_size: int = 256, mrl_dims: Sequence[int] = ()):
-    self.inputs_a, self.inputs_b, labels = check_pairs(inputs_a, inputs_b, labels, "pair_classification")
+    self.inputs_a, self.inputs_b, labels = check_pairs(inputs_a, inputs_b, labels,
+                                                       "pair_classification")
     if not np.isin(labels, (0, 1)).all() or not labels.any():
-      raise ValueError("pair_classification labels must be 0/1 with at least one 1 (a matching pair).")
+      raise ValueError("pair_classification labels must be 0/1 with at least one 1 "
+                       "(a matching pair).")
     self.labels = labels.astype(bool)
     self.batch_size, self.mrl_dims = batch_size, tuple(mrl_dims)
 

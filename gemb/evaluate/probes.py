@@ -89,7 +89,8 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_classe
   return params[:d], params[d]
 
 
-def predict_logistic_regression(features: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def predict_logistic_regression(features: np.ndarray, weights: np.ndarray,
+                                bias: np.ndarray) -> np.ndarray:
   """Most probable class per row: [N, D] -> [N] int."""
   return np.argmax(np.asarray(features, np.float64) @ weights + bias, axis=1)
 
@@ -118,7 +119,8 @@ def knn_classify(train_features: np.ndarray, train_labels: np.ndarray, test_feat
 
 def knn_multilabel(train_features: np.ndarray, train_targets: np.ndarray, test_features: np.ndarray,
                    k: int) -> np.ndarray:
-  """Per label, predict 1 if more than half of the k nearest training rows have it ([N_test, L] bool)."""
+  """Per label, predict 1 if more than half of the k nearest training rows have it ([N_test, L]
+  bool)."""
   k = min(k, len(train_features))
   return 2 * knn_votes(train_features, train_targets, test_features, k) > k
 

@@ -37,7 +37,8 @@ def split_key(key: str) -> tuple[str, str]:
 def _format(value: float) -> str:
   if value is None or not math.isfinite(value):
     return "nan"
-  return str(int(value)) if float(value).is_integer() and abs(value) > 1 else f"{value:.4f}"  # sizes as ints
+  # sizes as ints
+  return str(int(value)) if float(value).is_integer() and abs(value) > 1 else f"{value:.4f}"
 
 
 def markdown_table(results: Mapping[str, float], columns: Sequence[str] | None = None,
@@ -88,7 +89,8 @@ def _as_step_records(records: Iterable) -> list[tuple[int, Mapping[str, float]]]
   return pairs
 
 
-def plot_over_steps(records: Iterable, keys: Sequence[str], path: str, title: str | None = None) -> str:
+def plot_over_steps(records: Iterable, keys: Sequence[str], path: str,
+                    title: str | None = None) -> str:
   """PNG of each key's value against training step; a key missing at a step is skipped there.
 
   records: (step, flat dict) pairs, or dicts with a "step" field (lines of metrics.jsonl).
@@ -115,7 +117,8 @@ def plot_over_steps(records: Iterable, keys: Sequence[str], path: str, title: st
   return _save(fig, path)
 
 
-def mrl_curve(results: Mapping[str, float], key: str, full_dim: int | None = None) -> list[tuple[int, float]]:
+def mrl_curve(results: Mapping[str, float], key: str,
+              full_dim: int | None = None) -> list[tuple[int, float]]:
   """(dim, value) points of one metric key over its `@dim=N` variants (+ the full dim if given)."""
   points = []
   for other, value in results.items():
@@ -129,7 +132,8 @@ def mrl_curve(results: Mapping[str, float], key: str, full_dim: int | None = Non
 
 def plot_mrl(results: Mapping[str, float], keys: Sequence[str], path: str,
              full_dim: int | None = None, title: str | None = None) -> str:
-  """PNG of each metric key against MRL prefix dim (log2 axis); `full_dim` places the unsuffixed value."""
+  """PNG of each metric key against MRL prefix dim (log2 axis); `full_dim` places the unsuffixed
+  value."""
   fig = Figure(figsize=(6.4, 4.0))
   ax = fig.subplots()
   dims = set()

@@ -25,7 +25,8 @@ import numpy as np
 
 from gemb.evaluate import metrics, search
 from gemb.evaluate import quantization as quant
-from gemb.evaluate.embeddings import EmbedFn, Input, Metrics, check_inputs, embed_in_chunks, over_mrl_dims
+from gemb.evaluate.embeddings import (EmbedFn, Input, Metrics, check_inputs, embed_in_chunks,
+                                      over_mrl_dims)
 
 Relevance = list[dict[int, float]]  # per query: {corpus index: grade > 0}
 NDCG_AND_MRR_CUTOFF = 10  # the field's standard cut-off for NDCG@10 and MRR@10 (names are fixed)
@@ -35,8 +36,8 @@ def as_relevance(relevant, num_queries: int, num_corpus: int) -> Relevance:
   """Normalises any accepted `relevant` format to one {corpus index: grade} dict per query."""
   if isinstance(relevant, np.ndarray):
     if relevant.ndim != 2 or relevant.shape[1] not in (2, 3):
-      raise ValueError(f"qrels array has shape {relevant.shape}; expected [P, 2] (query, corpus) or "
-                       "[P, 3] (query, corpus, grade).")
+      raise ValueError(f"qrels array has shape {relevant.shape}; expected [P, 2] (query, corpus) "
+                       "or [P, 3] (query, corpus, grade).")
     relevance = [{} for _ in range(num_queries)]
     for row in relevant:
       query, item = int(row[0]), int(row[1])
@@ -46,14 +47,15 @@ def as_relevance(relevant, num_queries: int, num_corpus: int) -> Relevance:
   else:
     relevant = list(relevant)
     if len(relevant) != num_queries:
-      raise ValueError(f"`relevant` has {len(relevant)} entries for {num_queries} queries; give one "
-                       "set (or {index: grade} dict) per query, or a numpy qrels array.")
+      raise ValueError(f"`relevant` has {len(relevant)} entries for {num_queries} queries; give "
+                       "one set (or {index: grade} dict) per query, or a numpy qrels array.")
     relevance = [{int(i): float(g) for i, g in r.items()} if isinstance(r, dict)
                  else {int(i): 1.0 for i in r} for r in relevant]
   for query, grades in enumerate(relevance):
     for item in grades:
       if not 0 <= item < num_corpus:
-        raise ValueError(f"query {query} points at corpus index {item}, outside 0..{num_corpus - 1}.")
+        raise ValueError(f"query {query} points at corpus index {item}, outside "
+                         f"0..{num_corpus - 1}.")
   return [{i: g for i, g in grades.items() if g > 0} for grades in relevance]
 
 
@@ -70,7 +72,8 @@ def reverse_relevance(relevance: Relevance, num_corpus: int) -> tuple[np.ndarray
 def ranking_metrics(ranked: np.ndarray, relevance: Relevance, ks: Sequence[int], recall_mode: str,
                     suffix: str = "") -> Metrics:
   """R@k for each k, NDCG@10 and MRR@10 of ranked corpus indices [Q, K] against `relevance`."""
-  gains = np.array([[grades.get(int(i), 0.0) for i in row] for row, grades in zip(ranked, relevance)],
+  gains = np.array([[grades.get(int(i), 0.0) for i in row]
+                    for row, grades in zip(ranked, relevance)],
                    np.float64).reshape(len(ranked), -1)
   num_relevant = np.array([len(grades) for grades in relevance])
   ideal = np.zeros((len(relevance), NDCG_AND_MRR_CUTOFF))
@@ -96,8 +99,8 @@ class Evaluator:
     self.relevance = as_relevance(relevant, len(self.queries), len(self.corpus))
     missing = [q for q, grades in enumerate(self.relevance) if not grades]
     if missing:
-      raise ValueError(f"queries {missing[:10]} have no relevant corpus item; drop them from the task "
-                       "or fix `relevant`.")
+      raise ValueError(f"queries {missing[:10]} have no relevant corpus item; drop them from the "
+                       "task or fix `relevant`.")
     self.reverse_rows, self.reverse = reverse_relevance(self.relevance, len(self.corpus))
     unknown = set(quantization) - set(quant.KINDS)
     if unknown:
@@ -111,10 +114,12 @@ class Evaluator:
     self.depth = max(max(ks), NDCG_AND_MRR_CUTOFF)
     if quantization and rescore_k < self.depth:
       raise ValueError(f"rescore_k={rescore_k} must be >= {self.depth} (the deepest cut-off).")
-    self.batch_size, self.mrl_dims, self.ks, self.recall = batch_size, tuple(mrl_dims), tuple(ks), recall
+    self.batch_size, self.mrl_dims, self.ks, self.recall = (batch_size, tuple(mrl_dims), tuple(ks),
+                                                            recall)
     self.bidirectional, self.quantization = bidirectional, tuple(quantization)
     self.int8_scale, self.rescore_k = int8_scale, rescore_k
-    self.search = functools.partial(search.top_k, query_block=query_block, corpus_block=corpus_block)
+    self.search = functools.partial(search.top_k, query_block=query_block,
+                                    corpus_block=corpus_block)
 
   def run(self, embed_fn: EmbedFn) -> Metrics:
     query_embeddings = embed_in_chunks(embed_fn, self.queries, self.batch_size)   # [Q, D]
@@ -133,7 +138,8 @@ class Evaluator:
       yield f"bytes_per_vector@{kind}", float(compressed)
       yield f"compression@{kind}", quant.bytes_per_vector(dim) / compressed
 
-  def _direction(self, queries: np.ndarray, corpus: np.ndarray, relevance: Relevance, suffix: str) -> Metrics:
+  def _direction(self, queries: np.ndarray, corpus: np.ndarray, relevance: Relevance,
+                 suffix: str) -> Metrics:
     _, ranked = self.search(queries, corpus, self.depth)
     yield from ranking_metrics(ranked, relevance, self.ks, self.recall, suffix)
     for kind in self.quantization:
@@ -143,14 +149,17 @@ class Evaluator:
       yield from ranking_metrics(candidates[:, :self.depth], relevance, self.ks, self.recall,
                                  f"{suffix}@{kind}")
       _, ranked = search.rescore(queries, corpus, candidates, self.depth)
-      yield from ranking_metrics(ranked, relevance, self.ks, self.recall, f"{suffix}@{kind}_rescore")
+      yield from ranking_metrics(ranked, relevance, self.ks, self.recall,
+                                 f"{suffix}@{kind}_rescore")
 
-  def _decode(self, kind: str, queries: np.ndarray, corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  def _decode(self, kind: str, queries: np.ndarray,
+              corpus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Queries and corpus as their compressed codes read back to float32, whose inner products
     are the compressed scores: int8 codes times scales, or the +-1 signs of the packed bits
     (inner product = D - 2 * Hamming). Decoding once keeps the blockwise search on BLAS."""
     if kind == "int8":
       scales = quant.int8_scales(corpus, self.int8_scale)
-      return tuple(quant.dequantize_int8(quant.quantize_int8(x, scales), scales) for x in (queries, corpus))
+      return tuple(quant.dequantize_int8(quant.quantize_int8(x, scales), scales)
+                   for x in (queries, corpus))
     dim = queries.shape[1]
     return tuple(quant.unpack_signs(quant.binarize(x), dim) for x in (queries, corpus))

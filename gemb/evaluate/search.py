@@ -20,7 +20,8 @@ def dot_scores(queries: np.ndarray, corpus: np.ndarray) -> np.ndarray:
 
 
 def best_k(scores: np.ndarray, indices: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-  """The k best of each row of candidates ([q, n] scores and indices), by score desc then index asc."""
+  """The k best of each row of candidates ([q, n] scores and indices), by score desc then index
+  asc."""
   order = np.lexsort((indices, -scores), axis=-1)[:, :k]  # last key is the primary one
   return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
 
@@ -85,8 +86,10 @@ def top_k(queries: np.ndarray, corpus: np.ndarray, k: int, *, score_fn: ScoreFn 
     for c0 in range(0, len(corpus), corpus_block):
       block = np.asarray(score_fn(query_rows, corpus[c0:c0 + corpus_block]), np.float32)
       # Once every row holds k, most of a block cannot enter it: keep only what beats the k-th.
-      survivors = _block_survivors(block, c0, best_scores[:, -1], k) if best_scores.shape[1] == k else None
-      block_scores, block_indices = survivors if survivors is not None else _block_top_k(block, c0, k)
+      survivors = (_block_survivors(block, c0, best_scores[:, -1], k)
+                   if best_scores.shape[1] == k else None)
+      block_scores, block_indices = (survivors if survivors is not None
+                                     else _block_top_k(block, c0, k))
       best_scores, best_indices = best_k(np.concatenate([best_scores, block_scores], 1),
                                           np.concatenate([best_indices, block_indices], 1), k)
     all_scores.append(best_scores)

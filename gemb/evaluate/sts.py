@@ -12,7 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from gemb.evaluate import metrics
-from gemb.evaluate.embeddings import EmbedFn, Input, Metrics, check_pairs, embed_in_chunks, over_mrl_dims
+from gemb.evaluate.embeddings import (EmbedFn, Input, Metrics, check_pairs, embed_in_chunks,
+                                      over_mrl_dims)
 
 
 class Evaluator:

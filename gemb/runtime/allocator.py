@@ -60,8 +60,8 @@ def use_tcmalloc() -> None:
   library = find_tcmalloc()
   if library is None:
     logging.warning("tcmalloc is not installed: on the CPU backend, training steps run ~1.5x "
-                    "slower without it (gemb/runtime/allocator.py says why). On Debian/Ubuntu: apt-get "
-                    "install libtcmalloc-minimal4. GEMB_ALLOCATOR=system silences this.")
+                    "slower without it (gemb/runtime/allocator.py says why). On Debian/Ubuntu: "
+                    "apt-get install libtcmalloc-minimal4. GEMB_ALLOCATOR=system silences this.")
     return
   env = dict(os.environ, LD_PRELOAD=":".join(p for p in (library, preload) if p),
              TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=REPORT_THRESHOLD)

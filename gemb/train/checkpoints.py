@@ -1,9 +1,10 @@
 """Orbax checkpoints of a stage: train state + data iterator state, saved together, atomically.
 
-Layout: WORKDIR/<stage>/checkpoints/<step>/{params, train, data}. Orbax writes each step to a temporary
-folder and renames it when complete, so a run killed at any moment (kill -9) leaves only whole
-checkpoints, and `latest_step` never sees a partial one. `load_encoder` is the one way to get an
-encoder on a mesh: a random init, or a checkpoint's params restored straight into their shardings.
+Layout: WORKDIR/<stage>/checkpoints/<step>/{params, train, data}. Orbax writes each step to a
+temporary folder and renames it when complete, so a run killed at any moment (kill -9) leaves only
+whole checkpoints, and `latest_step` never sees a partial one. `load_encoder` is the one way to get
+an encoder on a mesh: a random init, or a checkpoint's params restored straight into their
+shardings.
 """
 from __future__ import annotations
 

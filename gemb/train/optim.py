@@ -1,4 +1,5 @@
-"""The optimizer of one stage: AdamW with warmup + cosine (or constant) decay, clipping, accumulation."""
+"""The optimizer of one stage: AdamW with warmup + cosine (or constant) decay, clipping,
+accumulation."""
 from __future__ import annotations
 
 import jax
@@ -8,7 +9,8 @@ from ml_collections import ConfigDict
 
 
 def learning_rate_schedule(optim: ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup to `optim.lr`, then `optim.schedule` ('cosine' to lr*final_fraction, or 'constant')."""
+  """Linear warmup to `optim.lr`, then `optim.schedule` ('cosine' to lr*final_fraction, or
+  'constant')."""
   warmup = min(int(optim.warmup_steps), max(total_steps - 1, 0))
   if optim.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(

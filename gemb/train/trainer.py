@@ -120,8 +120,8 @@ def init_train_state(config: ConfigDict, name: str, mesh, encoder_path: str | No
   """(graphdef, initial train state placed on `mesh`, step function) of training stage `name`.
 
   The encoder is a random init, or the checkpoint `encoder_path` loaded into it; with
-  init="previous" the loss's learned parameters (temperature, SigLIP bias) carry on too. The state is
-  {"params", "rest", "opt_state", "step", "rng"} (see gemb/train/step.py); the step function
+  init="previous" the loss's learned parameters (temperature, SigLIP bias) carry on too. The state
+  is {"params", "rest", "opt_state", "step", "rng"} (see gemb/train/step.py); the step function
   maps (state, global batch) -> (state, metrics) and donates the state.
   """
   stage = config.stages[name]
@@ -242,7 +242,8 @@ def evaluate_path(config, workdir, path, mesh, writer=None, name="final") -> dic
 
 
 def evaluate_checkpoint(config: ConfigDict, workdir: str, reference: str | None) -> dict:
-  """--mode=eval: evaluates a checkpoint (default: the last stage's latest) into eval/<name>.json."""
+  """--mode=eval: evaluates a checkpoint (default: the last stage's latest) into
+  eval/<name>.json."""
   reference = reference or config.stage_order[-1]
   path = checkpoints.resolve(reference, workdir)
   mesh = sharding.make_mesh(config.mesh)

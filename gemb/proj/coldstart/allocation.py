@@ -1,4 +1,5 @@
-"""Exploration budget allocation by inverting the discoverability model (the discoverability policy).
+"""Exploration budget allocation by inverting the discoverability model (the discoverability
+policy).
 
 Each round, for every item of the cohort:
   1. re-score it with its engagement so far: a curve P_i(Y) of discoverability in total traffic Y;
@@ -40,7 +41,8 @@ def fund_by_priority(priority: np.ndarray, need: np.ndarray, budget: int) -> np.
 
 def allocate_round(curves: discoverability.Curves, impressions: np.ndarray, round_budget: int,
                    allocation_config) -> tuple[np.ndarray, dict]:
-  """One round of the discoverability policy: new impressions [N] int64 and counts of the items' states."""
+  """One round of the discoverability policy: new impressions [N] int64 and counts of the items'
+  states."""
   ac = allocation_config
   if round_budget < 0:
     raise ValueError(f"the round budget must be >= 0 impressions; got {round_budget}.")
@@ -49,7 +51,8 @@ def allocate_round(curves: discoverability.Curves, impressions: np.ndarray, roun
   p_now = discoverability.discoverability(curves, impressions)
   target = np.minimum(np.ceil(discoverability.required_traffic(curves, ac.confidence)),
                       ac.max_traffic_per_item)  # [N] X_i, capped
-  p_cap = discoverability.discoverability(curves, np.full(num_items, float(ac.max_traffic_per_item)))
+  p_cap = discoverability.discoverability(curves,
+                                          np.full(num_items, float(ac.max_traffic_per_item)))
   graduated = p_now >= ac.confidence
   hopeless = ~graduated & ((p_cap < ac.hopeless_probability) | (target <= impressions))
   active = ~graduated & ~hopeless

@@ -9,14 +9,16 @@ rng) -> new impressions [N] int64 summing to the round budget.
             item and round, chunks to the items with the highest draws.
   ucb:      UCB1 on the engagement rate, chunks to the items with the highest upper bounds.
 The bandits maximise engagement and know nothing of content; their Beta prior (Thompson) is
-centred on the pooled engagement rate of past days, the same logs the discoverability model learns from.
+centred on the pooled engagement rate of past days, the same logs the discoverability model learns
+from.
 """
 import numpy as np
 
 from gemb.proj.coldstart import simulator
 
 
-def _chunks_to_top(index: np.ndarray, round_budget: int, chunk: int, rng: np.random.Generator) -> np.ndarray:
+def _chunks_to_top(index: np.ndarray, round_budget: int, chunk: int,
+                   rng: np.random.Generator) -> np.ndarray:
   """Spends `round_budget` in chunks on the items with the highest `index` [N] (ties at random).
 
   With more chunks than items every item gets the same number of chunks and the highest-index items
@@ -48,13 +50,15 @@ def random_policy(chunk: int) -> simulator.RoundPolicy:
   def round_policy(round_index, impressions, clicks, round_budget, rng):
     units, leftover = divmod(round_budget, chunk)
     num_items = len(impressions)
-    increments = np.bincount(rng.integers(num_items, size=units), minlength=num_items).astype(np.int64) * chunk
+    increments = np.bincount(rng.integers(num_items, size=units),
+                             minlength=num_items).astype(np.int64) * chunk
     increments[rng.integers(num_items)] += leftover
     return increments
   return round_policy
 
 
-def thompson_policy(chunk: int, prior_rate: float, prior_impressions: float) -> simulator.RoundPolicy:
+def thompson_policy(chunk: int, prior_rate: float,
+                    prior_impressions: float) -> simulator.RoundPolicy:
   """Beta(prior_rate * s, (1 - prior_rate) * s) prior with strength s = prior_impressions."""
   alpha0, beta0 = prior_rate * prior_impressions, (1.0 - prior_rate) * prior_impressions
 
@@ -75,7 +79,8 @@ def ucb_policy(chunk: int, exploration: float) -> simulator.RoundPolicy:
   return round_policy
 
 
-def make_policy(name: str, baselines_config, chunk: int, prior_rate: float) -> simulator.RoundPolicy:
+def make_policy(name: str, baselines_config, chunk: int,
+                prior_rate: float) -> simulator.RoundPolicy:
   """The baseline called `name` ('uniform', 'random', 'thompson' or 'ucb')."""
   if name == "uniform":
     return uniform_policy()
@@ -85,4 +90,5 @@ def make_policy(name: str, baselines_config, chunk: int, prior_rate: float) -> s
     return thompson_policy(chunk, prior_rate, baselines_config.thompson_prior_impressions)
   if name == "ucb":
     return ucb_policy(chunk, baselines_config.ucb_exploration)
-  raise ValueError(f"unknown baseline {name!r}; choose one of 'uniform', 'random', 'thompson', 'ucb'.")
+  raise ValueError(f"unknown baseline {name!r}; choose one of 'uniform', 'random', 'thompson', "
+                   "'ucb'.")

@@ -116,7 +116,8 @@ PARTS = ("text", "image", "audio", "video")  # a ToyWorld item's parts, in conte
 
 
 def check_content_types(content_types: Sequence[Sequence[str]]) -> tuple[tuple[str, ...], ...]:
-  """`content_types` as tuples of part names; ValueError names config.world.toyworld.content_types."""
+  """`content_types` as tuples of part names; ValueError names
+  config.world.toyworld.content_types."""
   types = tuple(tuple(parts) for parts in content_types)
   if not types or any(not parts or set(parts) - set(PARTS) or len(set(parts)) < len(parts)
                       for parts in types):

@@ -1,4 +1,5 @@
-"""Discoverability model: P(discoverable | content embedding, early engagement, exploration traffic Y).
+"""Discoverability model: P(discoverable | content embedding, early engagement, exploration
+traffic Y).
 
 The model reads an item's features x (content embedding and the engagement it has had so far) and
 returns one curve per item over the total exploration traffic Y:
@@ -41,7 +42,8 @@ class TrainingRows(NamedTuple):
 
 
 def engagement_features(impressions: np.ndarray, clicks: np.ndarray) -> np.ndarray:
-  """Early-engagement features [N, 3] float32: log(1 + impressions), log(1 + clicks), smoothed rate."""
+  """Early-engagement features [N, 3] float32: log(1 + impressions), log(1 + clicks), smoothed
+  rate."""
   impressions = np.asarray(impressions, np.float64)
   clicks = np.asarray(clicks, np.float64)
   rate = (clicks + 0.5) / (impressions + 1.0)
@@ -99,10 +101,12 @@ class DiscoverabilityModel(nnx.Module):
 
 
 def training_rows(history: simulator.History, embeddings: np.ndarray) -> TrainingRows:
-  """One row per (past item, checkpoint): features seen at that point, label from the final outcome."""
+  """One row per (past item, checkpoint): features seen at that point, label from the final
+  outcome."""
   num_items, num_checkpoints = history.checkpoint_impressions.shape
   item = np.repeat(np.arange(num_items), num_checkpoints)
-  return TrainingRows(embeddings=embeddings[item], impressions=history.checkpoint_impressions.reshape(-1),
+  return TrainingRows(embeddings=embeddings[item],
+                      impressions=history.checkpoint_impressions.reshape(-1),
                       clicks=history.checkpoint_clicks.reshape(-1),
                       traffic=history.traffic[item].astype(np.float32),
                       labels=history.discoverable[item].astype(np.float32), item=item)
@@ -134,8 +138,8 @@ def fit_content_scorer(embeddings: np.ndarray, history: simulator.History) -> Co
   return ContentScorer(np.asarray(model.coef_, np.float64), float(model.intercept_))
 
 
-def content_scores(embeddings: np.ndarray, past: np.ndarray, history: simulator.History, folds: int = 5,
-                   seed: int = 0) -> tuple[np.ndarray, ContentScorer]:
+def content_scores(embeddings: np.ndarray, past: np.ndarray, history: simulator.History,
+                   folds: int = 5, seed: int = 0) -> tuple[np.ndarray, ContentScorer]:
   """One content feature per item [N, 1] float32: the engagement logit that its embedding predicts
   (`fit_content_scorer` on the past items, `past` [N] bool in the order of `history`), and the
   scorer fitted on every past item.
@@ -151,8 +155,8 @@ def content_scores(embeddings: np.ndarray, past: np.ndarray, history: simulator.
   for k in range(folds):
     held_out = fold == k
     fold_history = simulator.History(*(field[~held_out] for field in history))
-    scores[past_index[held_out]] = fit_content_scorer(embeddings[past_index[~held_out]], fold_history)(
-        embeddings[past_index[held_out]])
+    scores[past_index[held_out]] = fit_content_scorer(
+        embeddings[past_index[~held_out]], fold_history)(embeddings[past_index[held_out]])
   return scores[:, None].astype(np.float32), scorer
 
 
@@ -160,7 +164,8 @@ def _subset(rows: TrainingRows, mask: np.ndarray) -> TrainingRows:
   return TrainingRows(*(field[mask] for field in rows))
 
 
-def split_rows(rows: TrainingRows, validation_fraction: float, seed: int) -> tuple[TrainingRows, TrainingRows]:
+def split_rows(rows: TrainingRows, validation_fraction: float,
+               seed: int) -> tuple[TrainingRows, TrainingRows]:
   """Splits by item (all checkpoints of an item fall on one side): (train, validation)."""
   num_items = int(rows.item.max()) + 1
   held_out = np.random.default_rng(seed).random(num_items) < validation_fraction
@@ -185,7 +190,8 @@ def _train_epoch(graphdef, learning_rate, weight_decay, params, constants, opt_s
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state), loss
 
-  (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (embeddings, engagement, traffic, labels))
+  (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
+                                             (embeddings, engagement, traffic, labels))
   return params, opt_state, losses
 
 
@@ -194,7 +200,8 @@ def train(rows: TrainingRows, model_config) -> tuple[DiscoverabilityModel, list[
   if len(rows.labels) == 0:
     raise ValueError("no training rows: history.days * world.items_per_day must be > 0.")
   mc = model_config
-  model = DiscoverabilityModel(rows.embeddings.shape[1], tuple(mc.hidden_dims), rngs=nnx.Rngs(mc.seed))
+  model = DiscoverabilityModel(rows.embeddings.shape[1], tuple(mc.hidden_dims),
+                               rngs=nnx.Rngs(mc.seed))
   engagement = engagement_features(rows.impressions, rows.clicks)  # [R, F]
   features = np.concatenate([rows.embeddings, engagement], axis=1)
   model.feature_mean[...] = jnp.asarray(features.mean(0))
@@ -243,8 +250,10 @@ def predict_curves(model: DiscoverabilityModel, embeddings: np.ndarray, impressi
                 np.concatenate(slopes)[:num_items].astype(np.float64))
 
 
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, num_bins: int) -> float:
-  """ECE = sum_b (n_b / n) |mean(label in b) - mean(p in b)| over `num_bins` equal-width bins of p."""
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray,
+                               num_bins: int) -> float:
+  """ECE = sum_b (n_b / n) |mean(label in b) - mean(p in b)| over `num_bins` equal-width bins of
+  p."""
   probabilities = np.asarray(probabilities, np.float64)
   labels = np.asarray(labels, np.float64)
   bins = np.clip((probabilities * num_bins).astype(np.int64), 0, num_bins - 1)
@@ -294,11 +303,13 @@ def load_model(path: str, embedding_dim: int, hidden_dims) -> DiscoverabilityMod
     names = [_name(p) for p, _ in leaves]
     if set(saved.files) != set(names):
       raise ValueError(f"{path}: its variables {sorted(saved.files)} are not those of a model with "
-                       f"{embedding_dim} inputs and hidden_dims {tuple(hidden_dims)}: {sorted(names)}")
+                       f"{embedding_dim} inputs and hidden_dims {tuple(hidden_dims)}: "
+                       f"{sorted(names)}")
     restored = []
     for name, (_, leaf) in zip(names, leaves):
       if saved[name].shape != leaf.shape:
-        raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model needs {leaf.shape}")
+        raise ValueError(f"{path}: {name} has shape {saved[name].shape}, the model needs "
+                         f"{leaf.shape}")
       restored.append(jnp.asarray(saved[name], leaf.dtype))
   nnx.update(model, jax.tree_util.tree_unflatten(treedef, restored))
   return model

@@ -109,7 +109,8 @@ def item_encoder(embedder_config, variant: str) -> ItemEncoder:
     raise ValueError("the random_init variant needs the model's architecture: set "
                      "config.embedder.model_config (a training config) or config.embedder.bundle")
   if variant == "random_init":
-    key = json.dumps(model_cfg.to_dict(), sort_keys=True, default=str) + f"seed={ec.random_init_seed}"
+    key = (json.dumps(model_cfg.to_dict(), sort_keys=True, default=str)
+           + f"seed={ec.random_init_seed}")
     return ItemEncoder("random_init", "random-" + hashlib.sha256(key.encode()).hexdigest()[:20],
                        _encoder_embed_fn(model_cfg, mesh_cfg, None, int(ec.random_init_seed)),
                        features.FeatureConfig.from_config(model_cfg))
@@ -132,7 +133,8 @@ def item_encoder(embedder_config, variant: str) -> ItemEncoder:
                      features.FeatureConfig.from_config(model_cfg))
 
 
-def _embed_content(encoder: ItemEncoder, items: Sequence[catalogue.Item], combine: str) -> np.ndarray:
+def _embed_content(encoder: ItemEncoder, items: Sequence[catalogue.Item],
+                   combine: str) -> np.ndarray:
   """[len(items), D] unit rows for a batch of items."""
   contents = [catalogue.load_content(item, encoder.feature_config) for item in items]
   if combine == "joint":

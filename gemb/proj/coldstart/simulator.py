@@ -15,8 +15,8 @@ item by its posterior-mean engagement rate under a pessimistic Beta prior and se
 the threshold is never served again. An item is *discoverable* when exploitation serves it at
 least `min_served` (M) times.
 
-Policies see only impressions and clicks (and, for the discoverability policy, content embeddings and a model
-trained on past days' logs); the latent quality stays inside this module.
+Policies see only impressions and clicks (and, for the discoverability policy, content embeddings
+and a model trained on past days' logs); the latent quality stays inside this module.
 All functions are seeded through an explicit `np.random.Generator` and are deterministic.
 """
 from typing import Callable, NamedTuple
@@ -32,7 +32,8 @@ class World(NamedTuple):
 
 
 class History(NamedTuple):
-  """Logs of past items explored with randomised traffic (the discoverability model's training data)."""
+  """Logs of past items explored with randomised traffic (the discoverability model's training
+  data)."""
   traffic: np.ndarray  # [N] int64 exploration impressions each past item received in total
   checkpoint_impressions: np.ndarray  # [N, K] int64 impressions seen at K points during exploration
   checkpoint_clicks: np.ndarray  # [N, K] int64 clicks among those impressions
@@ -47,7 +48,8 @@ class Exploration(NamedTuple):
   discoverable: np.ndarray  # [N] bool
 
 
-# A round of a policy: (round_index, impressions [N], clicks [N], round_budget, rng) -> new impressions [N].
+# A round of a policy: (round_index, impressions [N], clicks [N], round_budget, rng) -> new
+# impressions [N].
 RoundPolicy = Callable[[int, np.ndarray, np.ndarray, int, np.random.Generator], np.ndarray]
 
 
@@ -66,8 +68,8 @@ def check_embeddings(embeddings: np.ndarray, name: str = "embeddings") -> np.nda
   if bad.any():
     rows = np.flatnonzero(bad)
     raise ValueError(
-        f"{name} has {rows.size} item(s) with NaN or infinite values (first rows: {rows[:5].tolist()});"
-        " drop or re-embed those items.")
+        f"{name} has {rows.size} item(s) with NaN or infinite values (first rows: "
+        f"{rows[:5].tolist()}); drop or re-embed those items.")
   return embeddings.astype(np.float32)
 
 
@@ -77,14 +79,16 @@ def synthetic_embeddings(rng: np.random.Generator, num_items: int, dim: int, num
   centres = rng.standard_normal((num_clusters, dim))  # [C, D]
   centres /= np.linalg.norm(centres, axis=1, keepdims=True)
   topic = rng.integers(num_clusters, size=num_items)
-  embeddings = centres[topic] + cluster_spread / np.sqrt(dim) * rng.standard_normal((num_items, dim))
+  embeddings = centres[topic] + cluster_spread / np.sqrt(dim) * rng.standard_normal(
+      (num_items, dim))
   embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
   return embeddings.astype(np.float32)
 
 
 def latent_quality(rng: np.random.Generator, embeddings: np.ndarray, base_logit: float,
                    content_scale: float, noise_scale: float) -> np.ndarray:
-  """Engagement rate [N] in (0, 1) that the embedding [N, D] predicts through one random direction."""
+  """Engagement rate [N] in (0, 1) that the embedding [N, D] predicts through one random
+  direction."""
   direction = rng.standard_normal(embeddings.shape[1])
   direction /= np.linalg.norm(direction)
   projection = embeddings.astype(np.float64) @ direction  # [N]
@@ -94,13 +98,15 @@ def latent_quality(rng: np.random.Generator, embeddings: np.ndarray, base_logit:
 
 
 def make_world(config) -> World:
-  """Builds every day's items from `config.world` (synthetic, or embeddings read from a .npy file)."""
+  """Builds every day's items from `config.world` (synthetic, or embeddings read from a .npy
+  file)."""
   wc = config.world
   days = wc.history_days + wc.tuning_days + wc.eval_days
   num_items = wc.items_per_day * days
   rng = np.random.default_rng(wc.seed)
   if wc.embeddings_path:
-    embeddings = check_embeddings(np.load(wc.embeddings_path), name=f"world.embeddings_path={wc.embeddings_path}")
+    embeddings = check_embeddings(np.load(wc.embeddings_path),
+                                  name=f"world.embeddings_path={wc.embeddings_path}")
     if embeddings.shape[0] < num_items:
       raise ValueError(
           f"world.embeddings_path has {embeddings.shape[0]} items but world.items_per_day *"
@@ -115,7 +121,8 @@ def make_world(config) -> World:
 
 
 def engage(rng: np.random.Generator, quality: np.ndarray, impressions: np.ndarray) -> np.ndarray:
-  """Clicks [N] int64 that `impressions` [N] new impressions earn: Binomial(impressions, quality)."""
+  """Clicks [N] int64 that `impressions` [N] new impressions earn: Binomial(impressions,
+  quality)."""
   return rng.binomial(impressions.astype(np.int64), quality).astype(np.int64)
 
 
@@ -150,11 +157,13 @@ def log_history(rng: np.random.Generator, quality: np.ndarray, config) -> Histor
   """
   hc = config.history
   num_items = len(quality)
-  traffic = np.floor(np.exp(rng.uniform(0.0, np.log1p(hc.max_traffic), num_items))).astype(np.int64) - 1
+  traffic = np.floor(np.exp(rng.uniform(0.0, np.log1p(hc.max_traffic),
+                                        num_items))).astype(np.int64) - 1
   traffic[rng.random(num_items) < hc.unexplored_fraction] = 0
   fractions = np.asarray(hc.checkpoint_fractions, np.float64)  # [K] ascending in [0, 1]
   if np.any(np.diff(fractions) < 0) or fractions.min() < 0 or fractions.max() > 1:
-    raise ValueError(f"history.checkpoint_fractions must ascend within [0, 1]; got {list(fractions)}.")
+    raise ValueError(f"history.checkpoint_fractions must ascend within [0, 1]; got "
+                     f"{list(fractions)}.")
   checkpoints = np.floor(traffic[:, None] * fractions[None, :]).astype(np.int64)  # [N, K]
   steps = np.diff(checkpoints, axis=1, prepend=0)
   checkpoint_clicks = np.cumsum(rng.binomial(steps, quality[:, None]), axis=1).astype(np.int64)
@@ -187,8 +196,8 @@ def explore(rng: np.random.Generator, quality: np.ndarray, policy: RoundPolicy, 
       round_budget = remaining
     new = np.asarray(policy(round_index, impressions, clicks, round_budget, rng))
     if new.shape != impressions.shape or not np.issubdtype(new.dtype, np.integer):
-      raise ValueError(f"a policy must return integer impressions of shape {impressions.shape}; got "
-                       f"{new.dtype} {new.shape}.")
+      raise ValueError(f"a policy must return integer impressions of shape {impressions.shape}; "
+                       f"got {new.dtype} {new.shape}.")
     if new.min(initial=0) < 0 or int(new.sum()) > round_budget:
       raise ValueError(f"policy overspent round {round_index}: {int(new.sum())} impressions "
                        f"(min {new.min()}) for a round budget of {round_budget}.")

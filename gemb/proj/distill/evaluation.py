@@ -1,12 +1,12 @@
 """Per-domain retrieval: every model (specialist, fused, distilled) on each domain's held-out data.
 
-A domain's evaluation data are the first `config.eval.num_candidates` examples (or all, if fewer) of its task in
-the evaluation split (ToyWorld's 'eval' split holds only held-out attribute combinations), read
-from the same source as its training data (ToyWorld, a manifest - `config.eval.manifest` when
-the evaluation examples are in their own file - or TFDS). Each query ranks every positive of
-the domain by cosine; a positive is relevant when its identity key (or, without keys, its
-content) equals the query's own positive's, as in gemb/evaluate/toyworld_suite.py. Queries
-carry their task string exactly when training used task strings.
+A domain's evaluation data are the first `config.eval.num_candidates` examples (or all, if fewer) of
+its task in the evaluation split (ToyWorld's 'eval' split holds only held-out attribute
+combinations), read from the same source as its training data (ToyWorld, a manifest -
+`config.eval.manifest` when the evaluation examples are in their own file - or TFDS). Each query
+ranks every positive of the domain by cosine; a positive is relevant when its identity key (or,
+without keys, its content) equals the query's own positive's, as in gemb/evaluate/toyworld_suite.py.
+Queries carry their task string exactly when training used task strings.
 """
 from __future__ import annotations
 
