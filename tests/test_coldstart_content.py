@@ -46,8 +46,9 @@ def toyworld_report(tmp_path_factory):
 
 def test_report_has_every_variant_and_baseline_with_mean_and_std(toyworld_report):
   config, workdir, result = toyworld_report
-  expected = {"discoverability/trained", "discoverability/random_init", "discoverability/no_content",
-              "uniform", "random", "thompson", "ucb"}
+  expected = {"discoverability/trained", "discoverability/random_init",
+              "discoverability/no_content", "discoverability/oracle", "uniform", "random",
+              "thompson", "ucb"}
   with open(workdir / "coldstart" / "report.json") as f:
     written = json.load(f)
   assert set(written["discoverable"]) == expected == set(written["discoverable_std"])
@@ -58,7 +59,27 @@ def test_report_has_every_variant_and_baseline_with_mean_and_std(toyworld_report
       assert outcome["discoverable"] == pytest.approx(np.mean(per_seed))
       assert outcome["discoverable_std"] == pytest.approx(np.std(per_seed))
       assert outcome["spent"] <= outcome["budget"], name
+    paired = level["paired_difference"]
+    first = level["policies"][paired["policy"]]["discoverable_per_seed"]
+    for name, difference in paired["minus"].items():
+      per_seed = np.subtract(first, level["policies"][name]["discoverable_per_seed"])
+      assert difference["mean"] == pytest.approx(per_seed.mean())
+      assert difference["std"] == pytest.approx(per_seed.std())
+      assert difference["wins"] == (per_seed > 0).sum() and difference["seeds"] == 2
   assert (workdir / "coldstart" / "coldstart.png").exists()
+  # The oracle reads the taste in the world's item order: its model ranks items by quality
+  # better than engagement alone, on every seed.
+  for seed in written["per_seed"]:
+    assert seed["auc"]["discoverability/oracle"] > seed["auc"]["discoverability/no_content"] + 0.01
+  assert written["content_headroom_captured"]  # the oracle adds over engagement at some budget
+  for level in written["budget_levels"]:
+    found = {name: result["discoverable"] for name, result in level["policies"].items()}
+    gap = found["discoverability/oracle"] - found["discoverability/no_content"]
+    if gap > 0:
+      share = written["content_headroom_captured"][str(level["budget_per_item"])]
+      assert set(share) == {"discoverability/trained", "discoverability/random_init"}
+      assert share["discoverability/trained"] == pytest.approx(
+          (found["discoverability/trained"] - found["discoverability/no_content"]) / gap)
 
 
 def test_seeds_change_the_world_but_not_the_catalogue(toyworld_report):
@@ -81,8 +102,9 @@ def test_content_predicts_quality_through_the_trained_embedding(toyworld_report)
   config.world.taste.attributes = dict(colour=1.0)
   config.world.noise_scale = 0.3
   items = content.toyworld_catalogue(config)
-  sets = {name: np.asarray(embedder.embed_items(_pixel_encoder(None, variant), items, batch_size=256,
-                                                combine="joint", log=lambda line: None))
+  sets = {name: np.asarray(embedder.embed_items(_pixel_encoder(None, variant), items,
+                                                batch_size=256, combine="joint",
+                                                log=lambda line: None))
           for name, variant in (("trained", "trained"),)}
   sets["no_content"] = np.zeros((len(items), 1), np.float32)
   world, ordered = content.make_world(config, items, sets)
@@ -94,7 +116,8 @@ def test_service_writes_per_item_impressions_within_the_budget(tmp_path):
   bundle = serve_helpers.tiny_bundle(str(tmp_path / "bundle"))
   path = str(tmp_path / "shop" / "catalogue.jsonl")
   (tmp_path / "shop").mkdir()
-  catalogue.write_catalogue(path, catalogue.toyworld_items(40, seed=9, split="train", world_config=None))
+  catalogue.write_catalogue(path, catalogue.toyworld_items(40, seed=9, split="train",
+                                                           world_config=None))
   config = coldstart.get_config("toyworld_tiny")
   config.catalogue, config.bundle = path, bundle
   config.service.history_items = 200
@@ -108,21 +131,26 @@ def test_service_writes_per_item_impressions_within_the_budget(tmp_path):
   assert impressions.max() <= config.allocation.max_traffic_per_item
   assert all(0.0 <= row["p_discoverable"] <= 1.0 for row in rows)
   # The fit is saved, its allocation settings tuned from config.service.allocation_tuning.
-  assert not summary["model"]["reused"] and summary["allocation_settings"]["confidence"] in (0.5, 0.8)
-  saved = json.loads((tmp_path / "run" / "coldstart" / "service_model" / "service_model.json").read_text())
+  assert (not summary["model"]["reused"]
+          and summary["allocation_settings"]["confidence"] in (0.5, 0.8))
+  saved = json.loads(
+      (tmp_path / "run" / "coldstart" / "service_model" / "service_model.json").read_text())
   assert saved["allocation_settings"] == summary["allocation_settings"]
   # With engagement so far and a CSV output; the cache means nothing is embedded again, and the
   # saved fit is reused.
   engagement = tmp_path / "today.jsonl"
-  engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 50, "clicks": 20}) + "\n")
+  engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 50, "clicks": 20})
+                        + "\n")
   config.service.engagement, config.service.output = str(engagement), str(tmp_path / "out.csv")
   summary = report.run(config, str(tmp_path / "run"))
   with open(tmp_path / "out.csv") as f:
     table = list(csv.DictReader(f))
   assert len(table) == 40 and sum(int(row["impressions"]) for row in table) <= summary["budget"]
   assert summary["model"]["reused"]
-  engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 5, "clicks": 9}) + "\n")
-  with pytest.raises(catalogue.CatalogueError, match=r"today.jsonl:1: needs 0 <= clicks <= impressions"):
+  engagement.write_text(json.dumps({"item_id": "toyworld-9-3", "impressions": 5, "clicks": 9})
+                        + "\n")
+  with pytest.raises(catalogue.CatalogueError,
+                     match=r"today.jsonl:1: needs 0 <= clicks <= impressions"):
     report.run(config, str(tmp_path / "run"))
 
 
@@ -131,7 +159,8 @@ def test_random_init_encoder_embeds_items_through_gemb(tmp_path):
   config.embedder.model_config = "tests/tiny_config.py"
   items = catalogue.toyworld_items(5, seed=0, split="train", world_config=dict(audio_seconds=0.64))
   encoder = embedder.item_encoder(config.embedder, "random_init")
-  rows = embedder.embed_items(encoder, items, batch_size=4, combine="joint", cache_dir=str(tmp_path))
+  rows = embedder.embed_items(encoder, items, batch_size=4, combine="joint",
+                              cache_dir=str(tmp_path))
   assert rows.shape == (5, 32)
   np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-5)
   assert np.abs(rows[0] - rows[1]).max() > 1e-4  # different items, different rows
@@ -146,7 +175,8 @@ def test_service_reuses_its_saved_fit_only_for_the_same_bundle_and_config(tmp_pa
   bundle = serve_helpers.tiny_bundle(str(tmp_path / "bundle"))
   path = str(tmp_path / "shop" / "catalogue.jsonl")
   (tmp_path / "shop").mkdir()
-  catalogue.write_catalogue(path, catalogue.toyworld_items(30, seed=4, split="train", world_config=None))
+  catalogue.write_catalogue(path, catalogue.toyworld_items(30, seed=4, split="train",
+                                                           world_config=None))
   config = coldstart.get_config("toyworld_tiny")
   config.catalogue, config.bundle = path, bundle
   config.service.history_items, config.service.tuning_items = 200, 100

@@ -7,12 +7,13 @@ Item embeddings are synthetic unless `world.embeddings_path` names a .npy [N, D]
 is then a random projection of the embedding. Arg 'toyworld' makes the items ToyWorld scenes
 (caption + image + sound + video), embedded by a gemb model, with quality from the users' taste
 over what the scenes are; the discoverability policy runs with the trained model's embeddings,
-with the same encoder at random init and with no content, every policy's settings tuned per
-budget level on the tuning day (docs/coldstart.md):
+with the same encoder at random init, with no content and with the taste itself (the oracle),
+every policy's settings tuned per budget level on the tuning day (docs/coldstart.md):
   --config=configs/proj/coldstart.py:toyworld --config.embedder.checkpoint=runs/smoke/soup \
       --config.embedder.model_config=configs/smoke.py --config.seeds="(0, 1, 2)"
-The service path embeds a platform's catalogue through a serving bundle and allocates a day's
-exploration traffic (WORKDIR/coldstart/allocation.jsonl):
+Arg 'toyworld_mixed' gives each item one part (a caption, a picture, a sound or a clip) instead
+of all four. The service path embeds a platform's catalogue through a serving bundle and
+allocates a day's exploration traffic (WORKDIR/coldstart/allocation.jsonl):
   --config=configs/proj/coldstart.py --config.items=catalogue.jsonl --config.bundle=DIR
 """
 import ml_collections
@@ -71,8 +72,11 @@ def get_config(arg=None):
       history_items=4000, tuning_items=1000,
       model=dict(batch_size=512, epochs=20, content="score"),  # over config.model, for its size
       allocation_tuning=dict(confidence=(0.2, 0.3, 0.5, 0.7), max_traffic_per_item=(100, 400),
-                             hopeless_probability=(0.0, 0.1), steps=((5, 10), (5, 10, 20, 40, 80, 160))),
-      model_dir="",  # where the fit is saved and reused from; default WORKDIR/coldstart/service_model
+                             hopeless_probability=(0.0, 0.1),
+                             steps=((5, 10), (5, 10, 20, 40, 80, 160))),
+      # Where the fit is saved, and reused from by calls with the same bundle and config;
+      # default WORKDIR/coldstart/service_model.
+      model_dir="",
   )
   # The exploitation recommender: posterior-mean engagement under a pessimistic Beta prior.
   config.recommender = dict(
@@ -93,7 +97,8 @@ def get_config(arg=None):
       seed=0, hidden_dims=(64, 64),
       learning_rate=3e-3, weight_decay=1e-4, batch_size=4096, epochs=6,
       validation_fraction=0.2, ece_bins=15,
-      embedding_dims=0,  # the model reads the first this many embedding dims, re-normalised (0: all)
+      # The model reads the first this many embedding dims, re-normalised (0: all).
+      embedding_dims=0,
       # "embedding": the model reads the embedding; "score": one feature, the engagement logit a
       # ridge regression on the history's logs predicts from it (out of fold on the history).
       content="embedding",
@@ -116,10 +121,12 @@ def get_config(arg=None):
       num_rounds=6,
       budget_per_item=(2, 5, 10, 20, 40),  # budget levels = this * items in the cohort
       default_budget_per_item=10,  # the level reported as "discoverable"
-      benchmark_items=1_000_000,  # time one discoverability round (re-score + allocate) at this many items; 0: skip
+      # Time one discoverability round (re-score + allocate) at this many items; 0: skip.
+      benchmark_items=1_000_000,
   )
   config.baselines = dict(
-      chunk_choices=(1, 2, 5, 10, 20, 40),  # impressions per chunk; each bandit's best on the tuning day
+      # Impressions per chunk; each bandit's best on the tuning day.
+      chunk_choices=(1, 2, 5, 10, 20, 40),
       thompson_prior_impressions=20.0,
       ucb_exploration=1.0,
       # Tuned with the chunk where given (empty: the value above).
@@ -137,19 +144,25 @@ def get_config(arg=None):
     config.exploration.budget_per_item = (5, 10)
     config.baselines.chunk_choices = (10,)
     config.exploration.benchmark_items = 0
-  elif arg in ("toyworld", "toyworld_tiny"):
+  elif arg in ("toyworld", "toyworld_mixed", "toyworld_tiny"):
     config.world.source = "toyworld"
+    # oracle: the taste itself, the most any content could tell (content.py).
+    config.world.variants = ("trained", "random_init", "no_content", "oracle")
+    if arg == "toyworld_mixed":  # one part per item: captions, pictures, sounds and clips
+      config.world.toyworld.content_types = (("text",), ("image",), ("audio",), ("video",))
     config.world.items_per_day = 3000
-    # 6 history days (18,000 logged items, 24,000 scenes in all: embedding them takes ~2 min per
+    # 6 history days (18,000 logged items, 27,000 scenes in all: embedding them takes ~2 min per
     # encoder, once; they are cached): with 2 the content features overfitted.
     config.world.history_days = 6
+    # 2 tuning days (6000 items) choose every policy's settings: less of one day's noise.
+    config.world.tuning_days = 2
     config.world.content_scale = 1.2
     # Fewer history rows than the default world: smaller batches and more epochs.
     config.model.batch_size = 512
     config.model.epochs = 20
     config.model.content = "score"  # one ridge feature: the 64-d embedding itself overfitted
     config.exploration.budget_per_item = (2, 5, 10, 20)
-    # Every policy's settings are tuned per budget level on the tuning day (report.tune_bandits,
+    # Every policy's settings are tuned per budget level on the tuning days (report.tune_bandits,
     # report.tune_allocation): the bandits' chunk and UCB's / Thompson's constants, the
     # allocation's confidence, cap, give-up probability and step sizes.
     config.baselines.chunk_choices = (1, 2, 5, 10, 20)
@@ -163,6 +176,7 @@ def get_config(arg=None):
     if arg == "toyworld_tiny":  # the tests' size: seconds with a tiny random encoder
       config.world.items_per_day = 300
       config.world.history_days = 2
+      config.world.tuning_days = 1
       config.model.hidden_dims = (32,)
       config.model.batch_size = 256
       config.model.epochs = 20
@@ -178,6 +192,6 @@ def get_config(arg=None):
       config.service.model = dict(batch_size=256, epochs=20, content="score")
       config.service.allocation_tuning = dict(confidence=(0.5, 0.8))
   elif arg:
-    raise ValueError(f"configs/proj/coldstart.py takes no argument, 'tiny', 'toyworld' or "
-                     f"'toyworld_tiny'; got {arg!r}.")
+    raise ValueError(f"configs/proj/coldstart.py takes no argument, 'tiny', 'toyworld', "
+                     f"'toyworld_mixed' or 'toyworld_tiny'; got {arg!r}.")
   return config

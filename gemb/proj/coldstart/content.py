@@ -7,6 +7,8 @@
   trained      the gemb model of config.embedder (bundle or checkpoint)
   random_init  the same architecture at random init
   no_content   no content at all (a constant embedding: engagement only)
+  oracle       the users' taste itself, the part of quality content can explain: what a perfect
+               content model would give, the headroom the embeddings are measured against
 
 Embeddings are computed once per catalogue (cached by item id); each seed re-draws the taste,
 the noise and which items arrive on which day.
@@ -19,7 +21,7 @@ import numpy as np
 
 from gemb.proj.coldstart import catalogue, embedder, simulator, taste
 
-VARIANTS = ("trained", "random_init", "no_content")
+VARIANTS = ("trained", "random_init", "no_content", "oracle")
 
 
 def policy_name(variant: str) -> str:
@@ -42,13 +44,19 @@ def toyworld_catalogue(config, count: int | None = None, seed_offset: int = 0
                                   tc.get("content_types", (catalogue.PARTS,)))
 
 
-def scene_quality(config, scenes, rng: np.random.Generator) -> np.ndarray:
-  """Latent quality [N] of `scenes`: the users' taste (seeded by config.world.seed) through
-  taste.quality_from_taste, its noise drawn from `rng`."""
+def scene_taste(config, scenes) -> np.ndarray:
+  """The users' taste [N] for `scenes` (seeded by config.world.seed; taste.py)."""
   wc = config.world
   utilities = taste.attribute_utilities(
       wc.seed, {name: float(weight) for name, weight in wc.taste.attributes.items()})
-  return taste.quality_from_taste(rng, taste.scene_taste(scenes, utilities), wc.base_logit,
+  return taste.scene_taste(scenes, utilities)
+
+
+def scene_quality(config, scenes, rng: np.random.Generator) -> np.ndarray:
+  """Latent quality [N] of `scenes`: their taste through taste.quality_from_taste, its noise
+  drawn from `rng`."""
+  wc = config.world
+  return taste.quality_from_taste(rng, scene_taste(config, scenes), wc.base_logit,
                                   wc.content_scale, wc.noise_scale)
 
 
@@ -67,6 +75,9 @@ def embedding_sets(config, items, workdir: str) -> dict[str, np.ndarray]:
     if variant == "no_content":
       sets[policy_name(variant)] = np.zeros((len(items), 1), np.float32)
       continue
+    if variant == "oracle":  # the taste depends on the seed: make_world fills it in
+      sets[policy_name(variant)] = None
+      continue
     encoder = embedder.item_encoder(config.embedder, variant)
     sets[policy_name(variant)] = embedder.embed_items(
         encoder, items, batch_size=config.embedder.batch_size, combine=config.embedder.combine,
@@ -82,7 +93,10 @@ def make_world(config, items, sets: dict[str, np.ndarray]) -> tuple[simulator.Wo
     raise ValueError(f"the catalogue has {len(items)} items but the world needs {n}")
   rng = np.random.default_rng(wc.seed)
   order = rng.permutation(n)
-  quality = scene_quality(config, [items[i].scene for i in order], rng)
+  scenes = [items[i].scene for i in order]
+  quality = scene_quality(config, scenes, rng)
   day = np.repeat(np.arange(n // wc.items_per_day, dtype=np.int32), wc.items_per_day)
-  ordered = {name: simulator.check_embeddings(e[order], name=name) for name, e in sets.items()}
+  oracle = scene_taste(config, scenes)[:, None].astype(np.float32)  # one feature: no ridge on it
+  ordered = {name: simulator.check_embeddings(oracle if e is None else e[order], name=name)
+             for name, e in sets.items()}
   return simulator.World(next(iter(ordered.values())), quality, day), ordered

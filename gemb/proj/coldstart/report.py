@@ -1,4 +1,5 @@
-"""The cold-start report: the discoverability allocation against the baselines over budget levels; JSON and plot.
+"""The cold-start report: the discoverability allocation against the baselines over budget levels;
+JSON and plot.
 
   run(config, workdir) -> report dict, written to workdir/coldstart/report.json (+ coldstart.png)
 
@@ -40,35 +41,39 @@ def _check_config(config):
   if min(ec.budget_per_item) < 0:
     raise ValueError(f"exploration.budget_per_item must be >= 0; got {list(ec.budget_per_item)}.")
   if ec.default_budget_per_item not in ec.budget_per_item:
-    raise ValueError(f"exploration.default_budget_per_item={ec.default_budget_per_item} must be one of "
-                     f"exploration.budget_per_item={list(ec.budget_per_item)}.")
+    raise ValueError(f"exploration.default_budget_per_item={ec.default_budget_per_item} must be "
+                     f"one of exploration.budget_per_item={list(ec.budget_per_item)}.")
   content_input = config.model.get("content", "embedding")
   if content_input not in ("embedding", "score"):
     raise ValueError(f"config.model.content={content_input!r}; use 'embedding' or 'score'")
   wc = config.world
   if wc.items_per_day < 1 or wc.history_days < 1 or wc.tuning_days < 1 or wc.eval_days < 1:
-    raise ValueError("world.items_per_day, history_days, tuning_days and eval_days must all be >= 1; got "
-                     f"{wc.items_per_day}, {wc.history_days}, {wc.tuning_days}, {wc.eval_days}.")
+    raise ValueError("world.items_per_day, history_days, tuning_days and eval_days must all be "
+                     f">= 1; got {wc.items_per_day}, {wc.history_days}, {wc.tuning_days}, "
+                     f"{wc.eval_days}.")
 
 
 def train_model(config, world: simulator.World, embeddings: np.ndarray | None = None):
-  """Trains the discoverability model on the history days; returns (model, metrics dict, prior rate).
+  """Trains the discoverability model on the history days; returns (model, metrics dict, prior
+  rate).
 
   `embeddings` [N, D] (default world.embeddings) are the items' content features for the model.
   """
   embeddings = world.embeddings if embeddings is None else embeddings
   past = world.day < config.world.history_days
-  history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past], config)
+  history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past],
+                                  config)
   rows = discoverability.training_rows(history, embeddings[past])
   train_rows, validation_rows = discoverability.split_rows(rows, config.model.validation_fraction,
                                                            config.model.seed)
   model, losses = discoverability.train(train_rows, config.model)
-  curves = discoverability.predict_curves(model, validation_rows.embeddings, validation_rows.impressions,
-                                          validation_rows.clicks)
+  curves = discoverability.predict_curves(model, validation_rows.embeddings,
+                                          validation_rows.impressions, validation_rows.clicks)
   probabilities = discoverability.discoverability(curves, validation_rows.traffic)
   labels = validation_rows.labels
   model_metrics = {
-      "ece": discoverability.expected_calibration_error(probabilities, labels, config.model.ece_bins),
+      "ece": discoverability.expected_calibration_error(probabilities, labels,
+                                                        config.model.ece_bins),
       "auc": float(metrics.roc_auc_score(labels, probabilities)) if 0 < labels.mean() < 1 else None,
       "log_loss": float(metrics.log_loss(labels, probabilities, labels=[0, 1])),
       "reliability": discoverability.reliability(probabilities, labels, config.model.ece_bins),
@@ -78,13 +83,15 @@ def train_model(config, world: simulator.World, embeddings: np.ndarray | None = 
       "history_discoverable_fraction": float(history.discoverable.mean()),
   }
   # The Thompson prior's mean: the pooled engagement rate of the past days' exploration.
-  prior_rate = float(history.checkpoint_clicks[:, -1].sum() / max(history.checkpoint_impressions[:, -1].sum(), 1))
+  prior_rate = float(history.checkpoint_clicks[:, -1].sum()
+                     / max(history.checkpoint_impressions[:, -1].sum(), 1))
   return model, model_metrics, prior_rate
 
 
 def _explore(config, quality, policy, budget, seed_key) -> simulator.Exploration:
   rng = np.random.default_rng([config.exploration.seed, *seed_key])
-  return simulator.explore(rng, quality, policy, budget, config.exploration.num_rounds, config.recommender)
+  return simulator.explore(rng, quality, policy, budget, config.exploration.num_rounds,
+                           config.recommender)
 
 
 def _tuning_cohort(config, world: simulator.World) -> np.ndarray:
@@ -98,7 +105,8 @@ def _grid(choices: dict) -> list[dict]:
   names = [name for name, values in choices.items() if len(values)]
   if not names:
     return []
-  return [dict(zip(names, values)) for values in itertools.product(*(tuple(choices[n]) for n in names))]
+  return [dict(zip(names, values))
+          for values in itertools.product(*(tuple(choices[n]) for n in names))]
 
 
 def _bandit_grid(config, name: str) -> list[dict]:
@@ -121,7 +129,8 @@ def _bandit_policy(config, name: str, settings: dict, prior_rate: float) -> simu
 def tune_bandits(config, world: simulator.World, prior_rate: float) -> dict:
   """Each chunked baseline's best settings per budget level, measured on the tuning day(s) only:
   {budget_per_item: {name: {"chunk": c, ...}}}: the chunk size (baselines.chunk_choices) and, where
-  candidates are given, UCB's exploration weight and Thompson's prior strength. Ties: smaller values."""
+  candidates are given, UCB's exploration weight and Thompson's prior strength. Ties: smaller
+  values."""
   quality = world.quality[_tuning_cohort(config, world)]
   chosen = {}
   for level, budget_per_item in enumerate(config.exploration.budget_per_item):
@@ -129,8 +138,8 @@ def tune_bandits(config, world: simulator.World, prior_rate: float) -> dict:
     chosen[budget_per_item] = {}
     for name in CHUNKED:
       grid = _bandit_grid(config, name)
-      found = [int(_explore(config, quality, _bandit_policy(config, name, settings, prior_rate), budget,
-                            (1, level)).discoverable.sum()) for settings in grid]
+      found = [int(_explore(config, quality, _bandit_policy(config, name, settings, prior_rate),
+                            budget, (1, level)).discoverable.sum()) for settings in grid]
       best = max(range(len(grid)), key=lambda i: (found[i], [-v for v in grid[i].values()]))
       chosen[budget_per_item][name] = grid[best]
   return chosen
@@ -165,8 +174,10 @@ def tune_allocation(config, world: simulator.World, models: dict, embedding_sets
     chosen[budget_per_item] = {}
     for name, model in models.items():
       embeddings = embedding_sets[name][tuning]
-      found = [int(_explore(config, quality, allocation.discoverability_policy(
-          model, embeddings, allocation_config(config, settings)), budget, (1, level)).discoverable.sum())
+      found = [int(_explore(config, quality,
+                            allocation.discoverability_policy(
+                                model, embeddings, allocation_config(config, settings)),
+                            budget, (1, level)).discoverable.sum())
                for settings in grid]
       chosen[budget_per_item][name] = grid[int(np.argmax(found))]
   return chosen
@@ -201,10 +212,13 @@ def evaluate(config, world: simulator.World, models: dict, prior_rate: float, ba
         else:
           policy = _bandit_policy(config, name, bandits[budget_per_item].get(name, {}),
                                   prior_rate)
-        outcome = _explore(config, quality, policy, budget, (2, level, day))  # same seed for every policy
+        # same seed for every policy
+        outcome = _explore(config, quality, policy, budget, (2, level, day))
         if name in models:  # calibration where the model is used: its own adaptive allocations
-          curves = discoverability.predict_curves(models[name], embeddings, outcome.impressions, outcome.clicks)
-          calibration[name]["probabilities"].append(discoverability.discoverability(curves, outcome.impressions))
+          curves = discoverability.predict_curves(models[name], embeddings, outcome.impressions,
+                                                  outcome.clicks)
+          calibration[name]["probabilities"].append(
+              discoverability.discoverability(curves, outcome.impressions))
           calibration[name]["labels"].append(outcome.discoverable)
         results[name]["discoverable"] += int(outcome.discoverable.sum())
         results[name]["spent"] += int(outcome.impressions.sum())
@@ -254,17 +268,22 @@ def plot_report(report: dict, path: str) -> None:
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
   for name in report["policies"]:
     style = dict(marker="o", linewidth=2.5 if name.startswith("discoverability") else 1.2)
+    if name.endswith("/oracle"):  # a reference (perfect content), not a policy one can deploy
+      style.update(linestyle="--", linewidth=1.2, color="gray")
     counts = [level["policies"][name]["discoverable"] for level in levels]
     spread = [level["policies"][name].get("discoverable_std", 0.0) for level in levels]
-    axes[0].errorbar(x, counts, yerr=spread if any(spread) else None, label=name, capsize=3, **style)
+    axes[0].errorbar(x, counts, yerr=spread if any(spread) else None, label=name, capsize=3,
+                     **style)
     axes[1].plot(x, [level["policies"][name]["impressions_per_discoverable"] for level in levels],
                  label=name, **style)
   seeds = report.get("seeds") or []
   axes[0].set(xscale="log", xlabel="exploration budget (impressions per fresh item)",
-              ylabel="discoverable items" + (f" (mean +- std, {len(seeds)} seeds)" if len(seeds) > 1 else ""),
+              ylabel="discoverable items" + (f" (mean +- std, {len(seeds)} seeds)"
+                                             if len(seeds) > 1 else ""),
               title="Discoverable items at equal budget")
   axes[1].set(xscale="log", xlabel="exploration budget (impressions per fresh item)",
-              ylabel="exploration impressions spent per discoverable item", title="Exploration cost")
+              ylabel="exploration impressions spent per discoverable item",
+              title="Exploration cost")
   for ax in axes[:2]:
     ax.minorticks_off()
     ax.set_xticks(x, [str(v) for v in x])
@@ -285,7 +304,8 @@ def plot_report(report: dict, path: str) -> None:
 def _print_table(report: dict) -> None:
   policies = report["policies"]
   widths = [max(10, len(name) + 2) for name in policies]
-  print("budget/item " + "".join(f"{name:>{w}}" for name, w in zip(policies, widths)) + "   first/uniform")
+  print("budget/item " + "".join(f"{name:>{w}}" for name, w in zip(policies, widths))
+        + "   first/uniform")
   for level in report["budget_levels"]:
     cells, counts = [], []
     for name in policies:
@@ -297,9 +317,34 @@ def _print_table(report: dict) -> None:
     print(f"{level['budget_per_item']:>11} " + "".join(f"{c:>{w}}" for c, w in zip(cells, widths))
           + f"   {ratio:.2f}x")
   print(f"{policies[0]} model ECE {report['model']['ece']:.4f}, AUC {report['model']['auc']}")
+  for level in report["budget_levels"]:
+    if "paired_difference" in level:
+      paired = level["paired_difference"]
+      print(f"{paired['policy']} minus, paired by seed at {level['budget_per_item']}/item: "
+            + ", ".join(f"{name} {d['mean']:+.0f}+-{d['std']:.0f} ({d['wins']}/{d['seeds']} "
+                        "seeds ahead)" for name, d in paired["minus"].items()))
+  for budget, shares in report.get("content_headroom_captured", {}).items():
+    print(f"content headroom captured at {budget}/item (oracle - no_content = 1): "
+          + ", ".join(f"{name} {share:.2f}" for name, share in shares.items()))
   for budget, chosen in report.get("allocation_settings", {}).items():
     print(f"allocation tuned at {budget}/item: "
           + "; ".join(f"{name} {settings}" for name, settings in chosen.items()))
+
+
+def content_headroom(levels: list[dict]) -> dict:
+  """{budget_per_item: {policy: (its discoverable - no content's) / (oracle's - no content's)}}:
+  the share of what perfect content adds over engagement alone that each embedding's policy
+  gets; {} without the no_content and oracle variants."""
+  none, oracle = "discoverability/no_content", "discoverability/oracle"
+  shares = {}
+  for level in levels:
+    found = {name: result["discoverable"] for name, result in level["policies"].items()}
+    if none not in found or oracle not in found or found[oracle] <= found[none]:
+      continue
+    shares[str(level["budget_per_item"])] = {
+        name: (count - found[none]) / (found[oracle] - found[none]) for name, count in found.items()
+        if name.startswith("discoverability/") and name not in (none, oracle)}
+  return shares
 
 
 def seeded(config, seed: int):
@@ -327,11 +372,13 @@ def model_input(embeddings: np.ndarray, dims: int) -> np.ndarray:
 def _content_score(config, world: simulator.World, embeddings: np.ndarray) -> np.ndarray:
   """config.model.content='score': the model reads one content feature, the engagement logit a
   ridge regression predicts from the embedding (fitted on the history days' logs, out of fold
-  there; discoverability.content_scores). A constant embedding (no content) stays as it is."""
+  there; discoverability.content_scores). A one-column input (no content's constant, the
+  oracle's taste) is read as it is."""
   if embeddings.shape[1] == 1 or np.ptp(embeddings, axis=0).max() == 0:
     return embeddings
   past = world.day < config.world.history_days
-  history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past], config)
+  history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past],
+                                  config)
   return discoverability.content_scores(embeddings, past, history, seed=config.model.seed)[0]
 
 
@@ -354,25 +401,39 @@ def study(config, world: simulator.World, embedding_sets: dict) -> dict:
   levels = evaluate(config, world, models, prior_rate, chunks, embedding_sets, allocations)
   seconds["evaluate"] = time.perf_counter() - start - sum(seconds.values())
   first_eval_day = config.world.history_days + config.world.tuning_days
-  return {"levels": levels, "models": models, "model_metrics": model_metrics, "prior_rate": prior_rate,
-          "chunks": chunks, "allocations": allocations, "seconds": seconds,
+  return {"levels": levels, "models": models, "model_metrics": model_metrics,
+          "prior_rate": prior_rate, "chunks": chunks, "allocations": allocations,
+          "seconds": seconds,
           "eval_items_with_quality_above_threshold": int(
               (world.quality[world.day >= first_eval_day] >= config.recommender.threshold).sum())}
 
 
 def _aggregate_levels(per_seed: list[list[dict]]) -> list[dict]:
-  """Budget levels with each policy's mean over seeds, its std and the per-seed counts."""
+  """Budget levels with each policy's mean over seeds, its std and the per-seed counts, and the
+  first policy's paired differences to each other one (seed by seed: the same world, days and
+  engagement draws), their mean, std and the seeds it found more items on."""
   levels = []
   for at_level in zip(*per_seed):
     policies = {}
-    for name in at_level[0]["policies"]:
+    names = list(at_level[0]["policies"])
+    counts = {name: np.array([level["policies"][name]["discoverable"] for level in at_level],
+                             np.float64) for name in names}
+    paired = {}
+    for name in names[1:]:
+      difference = counts[names[0]] - counts[name]
+      paired[name] = {"mean": float(difference.mean()), "std": float(difference.std()),
+                      "wins": int((difference > 0).sum()), "seeds": len(difference)}
+    for name in names:
       found = np.array([level["policies"][name]["discoverable"] for level in at_level], np.float64)
       spent = np.array([level["policies"][name]["spent"] for level in at_level], np.float64)
       policies[name] = {"discoverable": float(found.mean()), "discoverable_std": float(found.std()),
-                        "discoverable_per_seed": found.astype(int).tolist(), "spent": float(spent.mean()),
+                        "discoverable_per_seed": found.astype(int).tolist(),
+                        "spent": float(spent.mean()),
                         "budget": at_level[0]["policies"][name]["budget"],
-                        "impressions_per_discoverable": float(spent.mean() / max(found.mean(), 1.0))}
+                        "impressions_per_discoverable": float(spent.mean()
+                                                              / max(found.mean(), 1.0))}
     levels.append({"budget_per_item": at_level[0]["budget_per_item"], "policies": policies,
+                   "paired_difference": {"policy": names[0], "minus": paired},
                    "model_ece_after_exploration": float(np.mean(
                        [level["model_ece_after_exploration"] for level in at_level]))})
   return levels
@@ -399,7 +460,8 @@ def run(config, workdir: str) -> dict:
   import matplotlib
 
   _check_config(config)
-  if config.get("catalogue"):  # the service path: allocate a day's traffic to a platform's catalogue
+  # the service path: allocate a day's traffic to a platform's catalogue
+  if config.get("catalogue"):
     from gemb.proj.coldstart import service  # pylint: disable=g-import-not-at-top
     return service.run(config, workdir)
   start = time.perf_counter()
@@ -424,7 +486,8 @@ def run(config, workdir: str) -> dict:
   benchmark = (benchmark_allocation(config, first["models"][main_policy],
                                     next(iter(embedding_sets.values())).shape[1])
                if config.exploration.benchmark_items else None)
-  levels = first["levels"] if len(studies) == 1 else _aggregate_levels([s["levels"] for s in studies])
+  levels = (first["levels"] if len(studies) == 1
+            else _aggregate_levels([s["levels"] for s in studies]))
 
   default = next(level for level in levels
                  if level["budget_per_item"] == config.exploration.default_budget_per_item)
@@ -435,7 +498,8 @@ def run(config, workdir: str) -> dict:
   report = {
       "discoverable": discoverable,
       "policies": policies,
-      "ratio_to_uniform": {name: discoverable[name] / max(discoverable["uniform"], 1) for name in policies},
+      "ratio_to_uniform": {name: discoverable[name] / max(discoverable["uniform"], 1)
+                           for name in policies},
       "ratio_to_best_bandit": discoverable[main_policy] / max(discoverable[best_bandit], 1),
       "best_bandit": best_bandit,
       "ratio_to_best_baseline": discoverable[main_policy] / max(discoverable[best_baseline], 1),
@@ -444,7 +508,8 @@ def run(config, workdir: str) -> dict:
       "eval_items": eval_items,
       "eval_items_with_quality_above_threshold": first["eval_items_with_quality_above_threshold"],
       "budget_levels": levels,
-      "bandit_chunk": {str(k): {name: v["chunk"] for name, v in at.items()} for k, at in first["chunks"].items()},
+      "bandit_chunk": {str(k): {name: v["chunk"] for name, v in at.items()}
+                       for k, at in first["chunks"].items()},
       "bandit_settings": {str(k): v for k, v in first["chunks"].items()},
       "allocation_settings": {str(k): v for k, v in first["allocations"].items()},
       "thompson_prior_rate": first["prior_rate"],
@@ -452,22 +517,27 @@ def run(config, workdir: str) -> dict:
       "models": first["model_metrics"],
       "ece": first["model_metrics"][main_policy]["ece"],
       "allocation_benchmark": benchmark,
+      "content_headroom_captured": content_headroom(levels),
       "seconds": {**seconds, "total": time.perf_counter() - start},
-      "versions": {"jax": jax.__version__, "numpy": np.__version__, "matplotlib": matplotlib.__version__},
+      "versions": {"jax": jax.__version__, "numpy": np.__version__,
+                   "matplotlib": matplotlib.__version__},
       "config": config.to_dict(),
   }
   if seeds:
     report["seeds"] = list(seeds)
-    report["discoverable_std"] = {name: default["policies"][name]["discoverable_std"] for name in policies}
+    report["discoverable_std"] = {name: default["policies"][name]["discoverable_std"]
+                                  for name in policies}
     report["per_seed"] = [{"seed": seed, "budget_levels": s["levels"],
                            "ece": {name: m["ece"] for name, m in s["model_metrics"].items()},
+                           "auc": {name: m["auc"] for name, m in s["model_metrics"].items()},
                            "bandit_settings": {str(k): v for k, v in s["chunks"].items()},
                            "allocation_settings": {str(k): v for k, v in s["allocations"].items()}}
                           for seed, s in zip(seeds, studies)]
   out_dir = os.path.join(workdir, "coldstart")
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "report.json"), "w") as f:
-    json.dump(report, f, indent=2, default=lambda value: list(value) if isinstance(value, tuple) else str(value))
+    json.dump(report, f, indent=2,
+              default=lambda value: list(value) if isinstance(value, tuple) else str(value))
   plot_report(report, os.path.join(out_dir, "coldstart.png"))
   _print_table(report)
   return report

@@ -138,7 +138,8 @@ def save_fitted(fitted: Fitted, directory: str, key: str) -> None:
     np.savez(os.path.join(directory, "content_scorer.npz"), coef=fitted.scorer.coef,
              intercept=fitted.scorer.intercept)
   model = fitted.model
-  manifest = {"key": key, "input_dim": int(model.feature_mean.shape[0]) - discoverability.NUM_ENGAGEMENT_FEATURES,
+  input_dim = int(model.feature_mean.shape[0]) - discoverability.NUM_ENGAGEMENT_FEATURES
+  manifest = {"key": key, "input_dim": input_dim,
               "hidden_dims": [layer.out_features for layer in model.hidden],
               "embedding_dims": fitted.embedding_dims, "content_score": fitted.scorer is not None,
               "allocation_settings": fitted.settings, "metrics": fitted.metrics}
@@ -178,7 +179,8 @@ def write_allocation(path: str, ids, impressions: np.ndarray, p_discoverable: np
       writer.writerows((i, int(n), f"{p:.6f}") for i, n, p in zip(ids, impressions, p_discoverable))
     else:
       for i, n, p in zip(ids, impressions, p_discoverable):
-        f.write(json.dumps({"item_id": i, "impressions": int(n), "p_discoverable": round(float(p), 6)}) + "\n")
+        f.write(json.dumps({"item_id": i, "impressions": int(n),
+                            "p_discoverable": round(float(p), 6)}) + "\n")
   os.replace(partial, path)
 
 
@@ -206,7 +208,8 @@ def run(config, workdir: str) -> dict:
     save_fitted(fitted, model_dir, key)
   trained = time.perf_counter()
   ids = [item.item_id for item in items]
-  impressions, clicks = read_engagement(config.service.engagement, {i: k for k, i in enumerate(ids)})
+  impressions, clicks = read_engagement(config.service.engagement,
+                                        {i: k for k, i in enumerate(ids)})
   budget = int(config.service.budget_per_item * len(items))
   curves = discoverability.predict_curves(fitted.model, fitted.features(embeddings), impressions,
                                           clicks)
@@ -219,8 +222,9 @@ def run(config, workdir: str) -> dict:
   write_allocation(output, ids, increments, p_discoverable)
   summary = {
       "items": len(items), "budget": budget, "allocated": int(increments.sum()),
-      "funded_items": int((increments > 0).sum()), "expected_discoverable": float(p_discoverable.sum()),
-      "item_states": state, "output": os.path.abspath(output), "bundle": os.path.abspath(embedder_config.bundle),
+      "funded_items": int((increments > 0).sum()),
+      "expected_discoverable": float(p_discoverable.sum()), "item_states": state,
+      "output": os.path.abspath(output), "bundle": os.path.abspath(embedder_config.bundle),
       "model": {**fitted.metrics, "directory": os.path.abspath(model_dir), "reused": reused},
       "allocation_settings": fitted.settings,
       "seconds": {"embed": embedded - start, "fit_or_load_model": trained - embedded,
