@@ -71,6 +71,9 @@ def test_report_has_every_variant_and_baseline_with_mean_and_std(toyworld_report
   # better than engagement alone, on every seed.
   for seed in written["per_seed"]:
     assert seed["auc"]["discoverability/oracle"] > seed["auc"]["discoverability/no_content"] + 0.01
+  probed = {"discoverability/trained", "discoverability/random_init"}
+  assert set(written["taste_probe_r2"]) == probed
+  assert all(set(seed["taste_probe_r2"]) == probed for seed in written["per_seed"])
   assert written["content_headroom_captured"]  # the oracle adds over engagement at some budget
   for level in written["budget_levels"]:
     found = {name: result["discoverable"] for name, result in level["policies"].items()}
@@ -190,3 +193,20 @@ def test_service_reuses_its_saved_fit_only_for_the_same_bundle_and_config(tmp_pa
   # Another budget (or bundle, or model config) is another fit.
   config.service.budget_per_item = 3
   assert not report.run(config, str(tmp_path / "run"))["model"]["reused"]
+
+
+def test_taste_probe_scores_how_much_of_the_taste_an_embedding_carries_per_content_type():
+  config = coldstart.get_config("toyworld_tiny")
+  items = catalogue.toyworld_items(400, seed=5, split="train", world_config=None,
+                                   content_types=(("text",), ("image", "audio")))
+  taste = content.scene_taste(config, [item.scene for item in items])
+  rng = np.random.default_rng(0)
+  informative = np.stack([taste, -2.0 * taste + 1.0, rng.standard_normal(400)], 1)
+  sets = {"discoverability/trained": informative + 0.05 * rng.standard_normal((400, 3)),
+          "discoverability/random_init": rng.standard_normal((400, 3)),
+          "discoverability/no_content": np.zeros((400, 1)), "discoverability/oracle": None}
+  probe = content.taste_probe(config, items, sets)
+  assert set(probe) == {"discoverability/trained", "discoverability/random_init"}
+  assert set(probe["discoverability/trained"]) == {"all", "text", "image+audio"}
+  assert min(probe["discoverability/trained"].values()) > 0.95
+  assert max(probe["discoverability/random_init"].values()) < 0.1

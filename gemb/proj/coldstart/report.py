@@ -323,6 +323,9 @@ def _print_table(report: dict) -> None:
       print(f"{paired['policy']} minus, paired by seed at {level['budget_per_item']}/item: "
             + ", ".join(f"{name} {d['mean']:+.0f}+-{d['std']:.0f} ({d['wins']}/{d['seeds']} "
                         "seeds ahead)" for name, d in paired["minus"].items()))
+  for name, scores in (report.get("taste_probe_r2") or {}).items():
+    print(f"taste probe (held-out ridge R^2) of {name}: "
+          + ", ".join(f"{kind} {r2:.2f}" for kind, r2 in scores.items()))
   for budget, shares in report.get("content_headroom_captured", {}).items():
     print(f"content headroom captured at {budget}/item (oracle - no_content = 1): "
           + ", ".join(f"{name} {share:.2f}" for name, share in shares.items()))
@@ -440,19 +443,29 @@ def _aggregate_levels(per_seed: list[list[dict]]) -> list[dict]:
 
 
 def _worlds(config, workdir: str):
-  """make(config) -> (World, {policy name: embeddings}) for the configured world source."""
+  """(make, probe) for the configured world source: make(config) -> (World, {policy name:
+  embeddings}); probe(config) -> content.taste_probe of a content world's embeddings, or None."""
   source = config.world.get("source", "synthetic")
   if source == "toyworld":
     items = content.toyworld_catalogue(config)
     sets = content.embedding_sets(config, items, workdir)
-    return lambda c: content.make_world(c, items, sets)
+    return (lambda c: content.make_world(c, items, sets),
+            lambda c: content.taste_probe(c, items, sets))
   if source != "synthetic":
     raise ValueError(f"config.world.source={source!r}; use 'synthetic' or 'toyworld'")
 
   def make(c):
     world = simulator.make_world(c)
     return world, {"discoverability": world.embeddings}
-  return make
+  return make, lambda c: None
+
+
+def _mean_probe(probes: list[dict | None]) -> dict | None:
+  """{name: {kind: mean R^2 over seeds}} of per-seed taste probes (None for synthetic worlds)."""
+  if probes[0] is None:
+    return None
+  return {name: {kind: float(np.mean([p[name][kind] for p in probes])) for kind in scores}
+          for name, scores in probes[0].items()}
 
 
 def run(config, workdir: str) -> dict:
@@ -465,7 +478,7 @@ def run(config, workdir: str) -> dict:
     from gemb.proj.coldstart import service  # pylint: disable=g-import-not-at-top
     return service.run(config, workdir)
   start = time.perf_counter()
-  make = _worlds(config, workdir)
+  make, probe = _worlds(config, workdir)
   seconds = {"embed": time.perf_counter() - start}
   seeds = tuple(config.get("seeds") or ())
   studies = []
@@ -473,6 +486,7 @@ def run(config, workdir: str) -> dict:
     seed_config = config if seed is None else seeded(config, seed)
     world, embedding_sets = make(seed_config)
     studies.append(study(seed_config, world, embedding_sets))
+    studies[-1]["taste_probe"] = probe(seed_config)
     if seed is not None:
       print(f"[coldstart] seed {seed}: " + ", ".join(
           f"{name} {result['discoverable']}" for name, result in next(
@@ -518,6 +532,7 @@ def run(config, workdir: str) -> dict:
       "ece": first["model_metrics"][main_policy]["ece"],
       "allocation_benchmark": benchmark,
       "content_headroom_captured": content_headroom(levels),
+      "taste_probe_r2": _mean_probe([s["taste_probe"] for s in studies]),
       "seconds": {**seconds, "total": time.perf_counter() - start},
       "versions": {"jax": jax.__version__, "numpy": np.__version__,
                    "matplotlib": matplotlib.__version__},
@@ -531,7 +546,8 @@ def run(config, workdir: str) -> dict:
                            "ece": {name: m["ece"] for name, m in s["model_metrics"].items()},
                            "auc": {name: m["auc"] for name, m in s["model_metrics"].items()},
                            "bandit_settings": {str(k): v for k, v in s["chunks"].items()},
-                           "allocation_settings": {str(k): v for k, v in s["allocations"].items()}}
+                           "allocation_settings": {str(k): v for k, v in s["allocations"].items()},
+                           "taste_probe_r2": s["taste_probe"]}
                           for seed, s in zip(seeds, studies)]
   out_dir = os.path.join(workdir, "coldstart")
   os.makedirs(out_dir, exist_ok=True)
