@@ -115,14 +115,20 @@ def test_content_predicts_quality_through_the_trained_embedding(toyworld_report)
   assert auc["trained"] > auc["no_content"] + 0.02
 
 
-def test_service_writes_per_item_impressions_within_the_budget(tmp_path):
-  bundle = serve_helpers.tiny_bundle(str(tmp_path / "bundle"))
+def _service_config(tmp_path, num_items: int, seed: int):
+  """The toyworld_tiny config on the service path: a catalogue of `num_items` ToyWorld items
+  (ids toyworld-SEED-i) and a tiny serving bundle."""
   path = str(tmp_path / "shop" / "catalogue.jsonl")
   (tmp_path / "shop").mkdir()
-  catalogue.write_catalogue(path, catalogue.toyworld_items(40, seed=9, split="train",
+  catalogue.write_catalogue(path, catalogue.toyworld_items(num_items, seed=seed, split="train",
                                                            world_config=None))
   config = coldstart.get_config("toyworld_tiny")
-  config.catalogue, config.bundle = path, bundle
+  config.catalogue, config.bundle = path, serve_helpers.tiny_bundle(str(tmp_path / "bundle"))
+  return config
+
+
+def test_service_writes_per_item_impressions_within_the_budget(tmp_path):
+  config = _service_config(tmp_path, 40, seed=9)
   config.service.history_items = 200
   config.service.budget_per_item = 5
   summary = report.run(config, str(tmp_path / "run"))
@@ -173,15 +179,8 @@ def test_random_init_encoder_embeds_items_through_gemb(tmp_path):
     embedder.item_encoder(config.embedder, "trained")
 
 
-
 def test_service_reuses_its_saved_fit_only_for_the_same_bundle_and_config(tmp_path):
-  bundle = serve_helpers.tiny_bundle(str(tmp_path / "bundle"))
-  path = str(tmp_path / "shop" / "catalogue.jsonl")
-  (tmp_path / "shop").mkdir()
-  catalogue.write_catalogue(path, catalogue.toyworld_items(30, seed=4, split="train",
-                                                           world_config=None))
-  config = coldstart.get_config("toyworld_tiny")
-  config.catalogue, config.bundle = path, bundle
+  config = _service_config(tmp_path, 30, seed=4)
   config.service.history_items, config.service.tuning_items = 200, 100
   first = report.run(config, str(tmp_path / "run"))
   rows = (tmp_path / "run" / "coldstart" / "allocation.jsonl").read_text()
