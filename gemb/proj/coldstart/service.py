@@ -133,6 +133,9 @@ def save_fitted(fitted: Fitted, directory: str, key: str) -> None:
   """Writes the fit to `directory`: model.npz, content_scorer.npz (with a score) and
   service_model.json (its key, shapes, settings and metrics), the manifest last."""
   os.makedirs(directory, exist_ok=True)
+  manifest_path = os.path.join(directory, "service_model.json")
+  if os.path.exists(manifest_path):  # no manifest of an old fit beside a half-written new one
+    os.remove(manifest_path)
   discoverability.save_model(fitted.model, os.path.join(directory, "model.npz"))
   if fitted.scorer is not None:
     np.savez(os.path.join(directory, "content_scorer.npz"), coef=fitted.scorer.coef,
@@ -146,7 +149,7 @@ def save_fitted(fitted: Fitted, directory: str, key: str) -> None:
   partial = os.path.join(directory, "service_model.json.partial")
   with open(partial, "w") as f:
     json.dump(manifest, f, indent=2, default=list)
-  os.replace(partial, os.path.join(directory, "service_model.json"))
+  os.replace(partial, manifest_path)
 
 
 def load_fitted(directory: str, key: str) -> Fitted | None:
