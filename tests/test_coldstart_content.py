@@ -3,12 +3,14 @@ service path through a serving bundle, and a real (tiny, random-init) gemb encod
 import csv
 import json
 
+import ml_collections
 import numpy as np
 import pytest
 
 from configs.proj import coldstart
 from gemb.data import features
 from gemb.proj.coldstart import catalogue, content, embedder, report
+from gemb.proj.coldstart import service as service_lib
 from tests import serve_helpers, tiny_config
 
 TINY_FEATURES = features.FeatureConfig.from_config(tiny_config.get_config().model)
@@ -192,6 +194,21 @@ def test_service_reuses_its_saved_fit_only_for_the_same_bundle_and_config(tmp_pa
   # Another budget (or bundle, or model config) is another fit.
   config.service.budget_per_item = 3
   assert not report.run(config, str(tmp_path / "run"))["model"]["reused"]
+
+
+def test_service_spends_the_days_budget_over_its_calls():
+  service = ml_collections.ConfigDict(dict(rounds=3, round=0))
+  assert service_lib.call_budget(300, 0, service) == 100
+  service.round = 1
+  assert service_lib.call_budget(300, 70, service) == 115  # (300 - 70) over the 2 calls left
+  service.round = 2
+  assert service_lib.call_budget(300, 170, service) == 130  # the last call: all that is left
+  assert service_lib.call_budget(300, 400, service) == 0
+  for rounds, index in ((3, 3), (3, -1), (0, 0)):
+    service.rounds, service.round = rounds, index
+    with pytest.raises(ValueError, match=f"config.service.round={index} with "
+                                         f"config.service.rounds={rounds}"):
+      service_lib.call_budget(300, 0, service)
 
 
 def test_taste_probe_scores_how_much_of_the_taste_an_embedding_carries_per_content_type():

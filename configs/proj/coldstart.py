@@ -64,11 +64,14 @@ def get_config(arg=None):
   # The service path (config.items): a day's exploration traffic for the catalogue.
   config.service = dict(
       budget_per_item=10,  # the day's budget = this * items in the catalogue
+      # Calls a day, and this call's index: each spends what is left of the day's budget (less
+      # the impressions in `engagement`) over the calls left, as the study's rounds do.
+      rounds=1, round=0,
       engagement="",  # optional JSONL of {"item_id", "impressions", "clicks"} so far today
       output="",  # default WORKDIR/coldstart/allocation.jsonl (.csv: CSV)
       # The discoverability model is trained on the simulated ToyWorld platform's logs of
       # history_items past items, embedded by the same bundle, and the allocation's settings are
-      # tuned on tuning_items more, at budget_per_item in one round (as the service allocates).
+      # tuned on tuning_items more, at budget_per_item in `rounds` rounds (as the service spends).
       history_items=4000, tuning_items=1000,
       model=dict(batch_size=512, epochs=20, content="score"),  # over config.model, for its size
       allocation_tuning=dict(confidence=(0.2, 0.3, 0.5, 0.7), max_traffic_per_item=(100, 400),

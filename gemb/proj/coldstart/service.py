@@ -8,8 +8,10 @@
    same bundle embeds, and tunes the allocation's settings on more of its items (a platform with
    its own exploration logs would fit on those); the fit is saved (`service.model_dir`) and reused
    by later calls with the same bundle and config;
-3. allocates the day's budget (`service.budget_per_item` * items) with the engagement seen so far
-   (`service.engagement`, JSONL of {"item_id", "impressions", "clicks"}; none: a fresh day);
+3. allocates this call's share of the day's budget (`service.budget_per_item` * items, less the
+   impressions so far, over the calls left: `service.rounds`, `service.round`) with the
+   engagement seen so far (`service.engagement`, JSONL of {"item_id", "impressions",
+   "clicks"}; none: a fresh day);
 4. writes one row per item: item_id, impressions (new today), p_discoverable (at its total
    traffic after them), to WORKDIR/coldstart/allocation.jsonl (or .csv), and a summary JSON.
 """
@@ -76,14 +78,14 @@ def service_config(config) -> ml_collections.ConfigDict:
   """The config the service fits with: config.service.model over config.model, and one world of
   `service.history_items` logged past items (day 0) and `service.tuning_items` items (day 1) on
   which the allocation's settings (`service.allocation_tuning`) are chosen at the service's budget
-  (`service.budget_per_item`), in one round per call, as the service allocates."""
+  (`service.budget_per_item`) spent in `service.rounds` rounds, as the service spends it."""
   sc = config.service
   fit_config = copy.deepcopy(config)
   with fit_config.unlocked():
     fit_config.model.update(sc.model.to_dict())
     fit_config.world.history_days, fit_config.world.tuning_days = 1, 1
     fit_config.exploration.budget_per_item = (sc.budget_per_item,)
-    fit_config.exploration.num_rounds = 1
+    fit_config.exploration.num_rounds = sc.rounds
     fit_config.allocation_tuning = dict(sc.allocation_tuning)
   return fit_config
 
@@ -94,8 +96,8 @@ def fit_key(config, encoder: embedder.ItemEncoder) -> str:
   parts = {"encoder": encoder.fingerprint, "combine": config.embedder.combine,
            **{block: config[block].to_dict() for block in ("world", "model", "history",
                                                            "recommender", "allocation")},
-           "service": {k: sc[k] for k in ("budget_per_item", "history_items", "tuning_items",
-                                          "model", "allocation_tuning")}}
+           "service": {k: sc[k] for k in ("budget_per_item", "rounds", "history_items",
+                                          "tuning_items", "model", "allocation_tuning")}}
   text = json.dumps(parts, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:20]
 
@@ -172,6 +174,22 @@ def load_fitted(directory: str, key: str) -> Fitted | None:
                 manifest["metrics"])
 
 
+def _check_round(service_config) -> tuple[int, int]:
+  rounds, index = int(service_config.rounds), int(service_config.round)
+  if rounds < 1 or not 0 <= index < rounds:
+    raise ValueError(f"config.service.round={index} with config.service.rounds={rounds}: need "
+                     "rounds >= 1 and 0 <= round < rounds")
+  return rounds, index
+
+
+def call_budget(day_budget: int, spent: int, service_config) -> int:
+  """This call's budget: what is left of the day's after `spent` impressions, over the calls
+  left (the last call gets all of it), as simulator.explore splits a day into rounds."""
+  rounds, index = _check_round(service_config)
+  remaining = max(day_budget - spent, 0)
+  return remaining if index == rounds - 1 else remaining // (rounds - index)
+
+
 def write_allocation(path: str, ids, impressions: np.ndarray, p_discoverable: np.ndarray) -> None:
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   partial = path + ".partial"
@@ -190,6 +208,7 @@ def write_allocation(path: str, ids, impressions: np.ndarray, p_discoverable: np
 def run(config, workdir: str) -> dict:
   """The service path (see the module docstring); returns the summary it writes."""
   start = time.perf_counter()
+  _check_round(config.service)  # before anything is embedded or fitted
   items = catalogue.read_catalogue(config.catalogue)
   embedder_config = copy.deepcopy(config.embedder)
   with embedder_config.unlocked():
@@ -213,7 +232,8 @@ def run(config, workdir: str) -> dict:
   ids = [item.item_id for item in items]
   impressions, clicks = read_engagement(config.service.engagement,
                                         {i: k for k, i in enumerate(ids)})
-  budget = int(config.service.budget_per_item * len(items))
+  day_budget = int(config.service.budget_per_item * len(items))
+  budget = call_budget(day_budget, int(impressions.sum()), config.service)
   curves = discoverability.predict_curves(fitted.model, fitted.features(embeddings), impressions,
                                           clicks)
   increments, state = allocation.allocate_round(curves, impressions, budget,
@@ -224,7 +244,8 @@ def run(config, workdir: str) -> dict:
   output = config.service.output or os.path.join(out_dir, "allocation.jsonl")
   write_allocation(output, ids, increments, p_discoverable)
   summary = {
-      "items": len(items), "budget": budget, "allocated": int(increments.sum()),
+      "items": len(items), "day_budget": day_budget, "round": int(config.service.round),
+      "rounds": int(config.service.rounds), "budget": budget, "allocated": int(increments.sum()),
       "funded_items": int((increments > 0).sum()),
       "expected_discoverable": float(p_discoverable.sum()), "item_states": state,
       "output": os.path.abspath(output), "bundle": os.path.abspath(embedder_config.bundle),
