@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs.proj import coldstart
-from gemb.proj.coldstart import allocation, discoverability, report, simulator
+from gemb.proj.coldstart import allocation, discoverability, report, simulator, tuning
 
 
 def _config():
@@ -28,12 +28,12 @@ def trained():
 
 
 def _on_tuning_day(config, world, models, settings, level):
-  tuning = world.day == config.world.history_days
-  quality = world.quality[tuning]
-  policy = allocation.discoverability_policy(models["discoverability"], world.embeddings[tuning],
-                                             report.allocation_config(config, settings))
+  cohort = world.day == config.world.history_days
+  quality = world.quality[cohort]
+  policy = allocation.discoverability_policy(models["discoverability"], world.embeddings[cohort],
+                                             tuning.allocation_config(config, settings))
   budget = config.exploration.budget_per_item[level] * len(quality)
-  return int(report._explore(config, quality, policy, budget, (1, level)).discoverable.sum())
+  return int(tuning.explore(config, quality, policy, budget, (1, level)).discoverable.sum())
 
 
 def _eval_days_changed(config, world):
@@ -48,8 +48,8 @@ def _eval_days_changed(config, world):
 
 def test_allocation_tuning_takes_the_tuning_days_best_and_ignores_evaluation_days(trained):
   config, world, models, _ = trained
-  chosen = report.tune_allocation(config, world, models, {"discoverability": world.embeddings})
-  grid = report._grid(dict(config.allocation_tuning))
+  chosen = tuning.tune_allocation(config, world, models, {"discoverability": world.embeddings})
+  grid = tuning.grid(dict(config.allocation_tuning))
   assert len(grid) == 6 and set(grid[0]) == {"confidence", "hopeless_probability"}
   assert list(chosen) == list(config.exploration.budget_per_item)
   for level, budget_per_item in enumerate(config.exploration.budget_per_item):
@@ -57,7 +57,7 @@ def test_allocation_tuning_takes_the_tuning_days_best_and_ignores_evaluation_day
     assert len(set(found)) > 1  # the settings matter, so the choice is a real one
     assert chosen[budget_per_item]["discoverability"] == grid[int(np.argmax(found))]
   changed = _eval_days_changed(config, world)
-  assert report.tune_allocation(config, changed, models,
+  assert tuning.tune_allocation(config, changed, models,
                                 {"discoverability": changed.embeddings}) == chosen
 
 
@@ -78,33 +78,33 @@ def test_evaluation_uses_the_tuned_allocation(trained):
 
 def test_bandit_tuning_takes_the_tuning_days_best_and_ignores_evaluation_days(trained):
   config, world, _, prior_rate = trained
-  chosen = report.tune_bandits(config, world, prior_rate)
-  tuning = world.day == config.world.history_days
-  quality = world.quality[tuning]
+  chosen = tuning.tune_bandits(config, world, prior_rate)
+  cohort = world.day == config.world.history_days
+  quality = world.quality[cohort]
   for level, budget_per_item in enumerate(config.exploration.budget_per_item):
-    grid = report._bandit_grid(config, "ucb")
+    grid = tuning.bandit_grid(config, "ucb")
     assert len(grid) == 4
-    found = [int(report._explore(config, quality,
-                                 report._bandit_policy(config, "ucb", s, prior_rate),
-                                 budget_per_item * len(quality), (1, level)).discoverable.sum())
+    found = [int(tuning.explore(config, quality,
+                                tuning.bandit_policy(config, "ucb", s, prior_rate),
+                                budget_per_item * len(quality), (1, level)).discoverable.sum())
              for s in grid]
     assert found[grid.index(chosen[budget_per_item]["ucb"])] == max(found)
     assert set(chosen[budget_per_item]["thompson"]) == {"chunk", "thompson_prior_impressions"}
-  assert report.tune_bandits(config, _eval_days_changed(config, world), prior_rate) == chosen
+  assert tuning.tune_bandits(config, _eval_days_changed(config, world), prior_rate) == chosen
 
 
 def test_default_world_tunes_nothing_and_toyworld_tunes_the_allocation(trained):
   config, world, models, _ = trained
   default = coldstart.get_config()
-  assert not report._grid(dict(default.allocation_tuning))
-  assert report.tune_allocation(default, world, models, {"discoverability": world.embeddings}) == {}
-  assert [report._bandit_grid(default, "ucb")[i]["ucb_exploration"] for i in range(2)] == [1.0, 1.0]
+  assert not tuning.grid(dict(default.allocation_tuning))
+  assert tuning.tune_allocation(default, world, models, {"discoverability": world.embeddings}) == {}
+  assert [tuning.bandit_grid(default, "ucb")[i]["ucb_exploration"] for i in range(2)] == [1.0, 1.0]
   toyworld = coldstart.get_config("toyworld")
-  assert len(report._grid(dict(toyworld.allocation_tuning))) > 1
+  assert len(tuning.grid(dict(toyworld.allocation_tuning))) > 1
   config = _config()
   config.allocation_tuning.confidnce = (0.5,)
   with pytest.raises(ValueError, match="confidnce"):
-    report.tune_allocation(config, world, models, {"discoverability": world.embeddings})
+    tuning.tune_allocation(config, world, models, {"discoverability": world.embeddings})
 
 
 def test_model_input_is_a_renormalised_prefix():

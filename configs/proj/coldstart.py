@@ -115,7 +115,7 @@ def get_config(arg=None):
       max_passes=16,  # passes over the items when a round's budget outlasts their first steps
   )
   # Candidates for the allocation's settings, each budget level's and policy's best chosen on the
-  # tuning day(s) as the bandits' chunks are (report.tune_allocation); empty: config.allocation's.
+  # tuning day(s) as the bandits' chunks are (tuning.tune_allocation); empty: config.allocation's.
   config.allocation_tuning = dict(confidence=(), max_traffic_per_item=(), hopeless_probability=(),
                                   steps=())
   # Exploration budget and rounds, shared by every policy.
@@ -165,8 +165,8 @@ def get_config(arg=None):
     config.model.epochs = 20
     config.model.content = "score"  # one ridge feature: the 64-d embedding itself overfitted
     config.exploration.budget_per_item = (2, 5, 10, 20)
-    # Every policy's settings are tuned per budget level on the tuning days (report.tune_bandits,
-    # report.tune_allocation): the bandits' chunk and UCB's / Thompson's constants, the
+    # Every policy's settings are tuned per budget level on the tuning days (tuning.tune_bandits,
+    # tuning.tune_allocation): the bandits' chunk and UCB's / Thompson's constants, the
     # allocation's confidence, cap, give-up probability and step sizes.
     config.baselines.chunk_choices = (1, 2, 5, 10, 20)
     config.baselines.ucb_exploration_choices = (0.01, 0.03, 0.1, 0.3, 1.0)

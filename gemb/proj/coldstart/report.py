@@ -4,10 +4,9 @@ JSON and plot.
   run(config, workdir) -> report dict, written to workdir/coldstart/report.json (+ coldstart.png)
 
 Steps: build the world; log past days with randomised traffic and train the discoverability model
-on them (ECE on held-out past items), one model per embedding set; on the tuning day pick each
-bandit's settings (chunk size; UCB's and Thompson's constants where config.baselines lists
-candidates) and each discoverability policy's allocation settings (config.allocation_tuning) per
-budget level; then every policy explores every evaluation day at every budget level with the
+on them (ECE on held-out past items), one model per embedding set; on the tuning days pick each
+bandit's settings and each discoverability policy's allocation settings per budget level
+(tuning.py); then every policy explores every evaluation day at every budget level with the
 same budget, rounds, feedback and engagement seed, and exploitation decides which items became
 discoverable. The model reads the embedding, a Matryoshka prefix of it
 (config.model.embedding_dims) or one ridge content score fitted on the history
@@ -17,21 +16,18 @@ discoverable. The model reads the embedding, a Matryoshka prefix of it
 and reports mean and std.
 """
 import copy
-import itertools
 import json
 import os
 import time
 
 import jax
-import ml_collections
 import numpy as np
 from sklearn import metrics
 
-from gemb.proj.coldstart import allocation, baselines, content, discoverability, simulator
+from gemb.proj.coldstart import allocation, content, discoverability, simulator, tuning
 
 BASELINES = ("uniform", "random", "thompson", "ucb")
 POLICIES = ("discoverability", *BASELINES)  # a synthetic world's policies
-CHUNKED = ("random", "thompson", "ucb")  # the baselines that spend in chunks (size tuned)
 
 
 def _check_config(config):
@@ -88,101 +84,6 @@ def train_model(config, world: simulator.World, embeddings: np.ndarray | None = 
   return model, model_metrics, prior_rate
 
 
-def _explore(config, quality, policy, budget, seed_key) -> simulator.Exploration:
-  rng = np.random.default_rng([config.exploration.seed, *seed_key])
-  return simulator.explore(rng, quality, policy, budget, config.exploration.num_rounds,
-                           config.recommender)
-
-
-def _tuning_cohort(config, world: simulator.World) -> np.ndarray:
-  """Mask [N] of the tuning days' items: after the history, before every evaluation day."""
-  return (world.day >= config.world.history_days) & (
-      world.day < config.world.history_days + config.world.tuning_days)
-
-
-def _grid(choices: dict) -> list[dict]:
-  """Every combination of `choices` ({setting: candidate values}; empty candidates are left out)."""
-  names = [name for name, values in choices.items() if len(values)]
-  if not names:
-    return []
-  return [dict(zip(names, values))
-          for values in itertools.product(*(tuple(choices[n]) for n in names))]
-
-
-def _bandit_grid(config, name: str) -> list[dict]:
-  bc = config.baselines
-  choices = {"chunk": tuple(bc.chunk_choices)}
-  if name == "ucb":
-    choices["ucb_exploration"] = tuple(bc.get("ucb_exploration_choices") or (bc.ucb_exploration,))
-  if name == "thompson":
-    choices["thompson_prior_impressions"] = tuple(
-        bc.get("thompson_prior_choices") or (bc.thompson_prior_impressions,))
-  return _grid(choices)
-
-
-def _bandit_policy(config, name: str, settings: dict, prior_rate: float) -> simulator.RoundPolicy:
-  baselines_config = ml_collections.ConfigDict(
-      {**config.baselines.to_dict(), **{k: v for k, v in settings.items() if k != "chunk"}})
-  return baselines.make_policy(name, baselines_config, settings.get("chunk", 0), prior_rate)
-
-
-def tune_bandits(config, world: simulator.World, prior_rate: float) -> dict:
-  """Each chunked baseline's best settings per budget level, measured on the tuning day(s) only:
-  {budget_per_item: {name: {"chunk": c, ...}}}: the chunk size (baselines.chunk_choices) and, where
-  candidates are given, UCB's exploration weight and Thompson's prior strength. Ties: smaller
-  values."""
-  quality = world.quality[_tuning_cohort(config, world)]
-  chosen = {}
-  for level, budget_per_item in enumerate(config.exploration.budget_per_item):
-    budget = budget_per_item * len(quality)
-    chosen[budget_per_item] = {}
-    for name in CHUNKED:
-      grid = _bandit_grid(config, name)
-      found = [int(_explore(config, quality, _bandit_policy(config, name, settings, prior_rate),
-                            budget, (1, level)).discoverable.sum()) for settings in grid]
-      best = max(range(len(grid)), key=lambda i: (found[i], [-v for v in grid[i].values()]))
-      chosen[budget_per_item][name] = grid[best]
-  return chosen
-
-
-def allocation_config(config, settings: dict | None = None) -> ml_collections.ConfigDict:
-  """config.allocation with `settings` (tuned values) in place of its own."""
-  return ml_collections.ConfigDict({**config.allocation.to_dict(), **(settings or {})})
-
-
-def tune_allocation(config, world: simulator.World, models: dict, embedding_sets: dict) -> dict:
-  """The discoverability allocation's best settings per budget level and policy, measured on the
-  tuning day(s) only (as the bandits' chunks are): {budget_per_item: {name: {setting: value}}}.
-
-  The candidates are config.allocation_tuning ({setting of config.allocation: values}); settings
-  without candidates keep config.allocation's value; no candidates at all: {} (nothing tuned). Each
-  candidate explores the tuning cohort with the seeds the bandits' tuning uses; the most
-  discoverable items wins, ties to the earliest candidate.
-  """
-  grid = _grid(dict(config.get("allocation_tuning") or {}))
-  if not grid:
-    return {}
-  unknown = set(grid[0]) - set(config.allocation)
-  if unknown:
-    raise ValueError(f"config.allocation_tuning names {sorted(unknown)}, which config.allocation "
-                     f"does not have ({sorted(config.allocation)})")
-  tuning = _tuning_cohort(config, world)
-  quality = world.quality[tuning]
-  chosen = {}
-  for level, budget_per_item in enumerate(config.exploration.budget_per_item):
-    budget = budget_per_item * len(quality)
-    chosen[budget_per_item] = {}
-    for name, model in models.items():
-      embeddings = embedding_sets[name][tuning]
-      found = [int(_explore(config, quality,
-                            allocation.discoverability_policy(
-                                model, embeddings, allocation_config(config, settings)),
-                            budget, (1, level)).discoverable.sum())
-               for settings in grid]
-      chosen[budget_per_item][name] = grid[int(np.argmax(found))]
-  return chosen
-
-
 def evaluate(config, world: simulator.World, models: dict, prior_rate: float, bandits: dict,
              embedding_sets: dict | None = None, allocations: dict | None = None) -> list[dict]:
   """Every policy on the evaluation days at every budget level: discoverable items and spend.
@@ -208,12 +109,12 @@ def evaluate(config, world: simulator.World, models: dict, prior_rate: float, ba
           embeddings = embedding_sets[name][cohort]
           settings = (allocations or {}).get(budget_per_item, {}).get(name)
           policy = allocation.discoverability_policy(models[name], embeddings,
-                                                     allocation_config(config, settings))
+                                                     tuning.allocation_config(config, settings))
         else:
-          policy = _bandit_policy(config, name, bandits[budget_per_item].get(name, {}),
+          policy = tuning.bandit_policy(config, name, bandits[budget_per_item].get(name, {}),
                                   prior_rate)
         # same seed for every policy
-        outcome = _explore(config, quality, policy, budget, (2, level, day))
+        outcome = tuning.explore(config, quality, policy, budget, (2, level, day))
         if name in models:  # calibration where the model is used: its own adaptive allocations
           curves = discoverability.predict_curves(models[name], embeddings, outcome.impressions,
                                                   outcome.clicks)
@@ -397,9 +298,9 @@ def study(config, world: simulator.World, embedding_sets: dict) -> dict:
   for name, embeddings in embedding_sets.items():
     models[name], model_metrics[name], prior_rate = train_model(config, world, embeddings)
   seconds = {"train_model": time.perf_counter() - start}
-  chunks = tune_bandits(config, world, prior_rate)
+  chunks = tuning.tune_bandits(config, world, prior_rate)
   seconds["tune_bandits"] = time.perf_counter() - start - seconds["train_model"]
-  allocations = tune_allocation(config, world, models, embedding_sets)
+  allocations = tuning.tune_allocation(config, world, models, embedding_sets)
   seconds["tune_allocation"] = time.perf_counter() - start - sum(seconds.values())
   levels = evaluate(config, world, models, prior_rate, chunks, embedding_sets, allocations)
   seconds["evaluate"] = time.perf_counter() - start - sum(seconds.values())

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from gemb.proj.coldstart import (allocation, catalogue, content, discoverability, embedder,
-                                 report, simulator)
+                                 report, simulator, tuning)
 
 
 def read_engagement(path: str, ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -105,7 +105,7 @@ def fit_key(config, encoder: embedder.ItemEncoder) -> str:
 def fit_on_simulated_platform(config, encoder: embedder.ItemEncoder, cache_dir: str) -> Fitted:
   """The model trained on logs of `service.history_items` past ToyWorld items embedded by
   `encoder`, with quality from the simulated users' taste, and the allocation's settings tuned on
-  `service.tuning_items` more (report.train_model and report.tune_allocation, as in the study).
+  `service.tuning_items` more (report.train_model and tuning.tune_allocation, as in the study).
   A platform with its own exploration logs would fit on those."""
   fit_config = service_config(config)
   sc = config.service
@@ -124,7 +124,7 @@ def fit_on_simulated_platform(config, encoder: embedder.ItemEncoder, cache_dir: 
                                                     seed=fit_config.model.seed)
   world = simulator.World(inputs, quality, day)
   model, metrics, _ = report.train_model(fit_config, world)
-  tuned = report.tune_allocation(fit_config, world, {"service": model}, {"service": inputs})
+  tuned = tuning.tune_allocation(fit_config, world, {"service": model}, {"service": inputs})
   settings = tuned.get(sc.budget_per_item, {}).get("service", {})
   metrics = {**{k: metrics[k] for k in ("ece", "auc", "history_items")},
              "tuning_items": int(sc.tuning_items)}
@@ -237,7 +237,7 @@ def run(config, workdir: str) -> dict:
   curves = discoverability.predict_curves(fitted.model, fitted.features(embeddings), impressions,
                                           clicks)
   increments, state = allocation.allocate_round(curves, impressions, budget,
-                                                report.allocation_config(config, fitted.settings))
+                                                tuning.allocation_config(config, fitted.settings))
   p_discoverable = discoverability.discoverability(curves, impressions + increments)
   allocated = time.perf_counter()
   out_dir = os.path.join(workdir, "coldstart")
