@@ -49,6 +49,14 @@ def _check_config(config):
                      f"{wc.eval_days}.")
 
 
+def past_history(config, world: simulator.World) -> tuple[np.ndarray, simulator.History]:
+  """(mask [N] of the history days' items, their logs with randomised traffic): what the model and
+  the content score are fitted on (rng config.history.seed)."""
+  past = world.day < config.world.history_days
+  return past, simulator.log_history(np.random.default_rng(config.history.seed),
+                                     world.quality[past], config)
+
+
 def train_model(config, world: simulator.World, embeddings: np.ndarray | None = None):
   """Trains the discoverability model on the history days; returns (model, metrics dict, prior
   rate).
@@ -56,9 +64,7 @@ def train_model(config, world: simulator.World, embeddings: np.ndarray | None = 
   `embeddings` [N, D] (default world.embeddings) are the items' content features for the model.
   """
   embeddings = world.embeddings if embeddings is None else embeddings
-  past = world.day < config.world.history_days
-  history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past],
-                                  config)
+  past, history = past_history(config, world)
   rows = discoverability.training_rows(history, embeddings[past])
   train_rows, validation_rows = discoverability.split_rows(rows, config.model.validation_fraction,
                                                            config.model.seed)
@@ -273,27 +279,28 @@ def model_input(embeddings: np.ndarray, dims: int) -> np.ndarray:
   return (prefix / np.maximum(norm, 1e-12)).astype(np.float32)
 
 
-def _content_score(config, world: simulator.World, embeddings: np.ndarray) -> np.ndarray:
-  """config.model.content='score': the model reads one content feature, the engagement logit a
-  ridge regression predicts from the embedding (fitted on the history days' logs, out of fold
-  there; discoverability.content_scores). A one-column input (no content's constant, the
-  oracle's taste) is read as it is."""
-  if embeddings.shape[1] == 1 or np.ptp(embeddings, axis=0).max() == 0:
-    return embeddings
-  past = world.day < config.world.history_days
-  history = simulator.log_history(np.random.default_rng(config.history.seed), world.quality[past],
-                                  config)
-  return discoverability.content_scores(embeddings, past, history, seed=config.model.seed)[0]
+def content_features(config, world: simulator.World, embeddings: np.ndarray
+                     ) -> tuple[np.ndarray, discoverability.ContentScorer | None]:
+  """What the discoverability model reads of `embeddings` [N, D] in `world`, and the ridge scorer
+  behind it (None without one): model_input's prefix (config.model.embedding_dims), then with
+  config.model.content='score' one content feature, the engagement logit a ridge regression
+  predicts from it (fitted on the history days' logs, out of fold there;
+  discoverability.content_scores). A one-column input (no content's constant, the oracle's
+  taste) is read as it is."""
+  inputs = model_input(embeddings, int(config.model.get("embedding_dims", 0)))
+  if (config.model.get("content", "embedding") != "score" or inputs.shape[1] == 1
+      or np.ptp(inputs, axis=0).max() == 0):
+    return inputs, None
+  past, history = past_history(config, world)
+  return discoverability.content_scores(inputs, past, history, seed=config.model.seed)
 
 
 def study(config, world: simulator.World, embedding_sets: dict) -> dict:
   """One world: a discoverability model per embedding set, the bandits' settings and the
   allocation's (each tuned on the tuning days), every policy's outcomes at every budget level."""
   start = time.perf_counter()
-  dims = int(config.model.get("embedding_dims", 0))
-  embedding_sets = {name: model_input(e, dims) for name, e in embedding_sets.items()}
-  if config.model.get("content", "embedding") == "score":
-    embedding_sets = {name: _content_score(config, world, e) for name, e in embedding_sets.items()}
+  embedding_sets = {name: content_features(config, world, e)[0]
+                    for name, e in embedding_sets.items()}
   models, model_metrics = {}, {}
   for name, embeddings in embedding_sets.items():
     models[name], model_metrics[name], prior_rate = train_model(config, world, embeddings)
@@ -328,7 +335,7 @@ def _aggregate_levels(per_seed: list[list[dict]]) -> list[dict]:
       paired[name] = {"mean": float(difference.mean()), "std": float(difference.std()),
                       "wins": int((difference > 0).sum()), "seeds": len(difference)}
     for name in names:
-      found = np.array([level["policies"][name]["discoverable"] for level in at_level], np.float64)
+      found = counts[name]
       spent = np.array([level["policies"][name]["spent"] for level in at_level], np.float64)
       policies[name] = {"discoverable": float(found.mean()), "discoverable_std": float(found.std()),
                         "discoverable_per_seed": found.astype(int).tolist(),

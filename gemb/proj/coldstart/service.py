@@ -115,20 +115,15 @@ def fit_on_simulated_platform(config, encoder: embedder.ItemEncoder, cache_dir: 
   quality = content.scene_quality(config, [item.scene for item in items],
                                   np.random.default_rng(config.world.seed))
   day = (np.arange(len(items)) >= sc.history_items).astype(np.int32)
-  dims = int(fit_config.model.get("embedding_dims", 0))
-  inputs, scorer = report.model_input(embeddings, dims), None
-  if fit_config.model.get("content", "embedding") == "score":
-    history = simulator.log_history(np.random.default_rng(fit_config.history.seed),
-                                    quality[day == 0], fit_config)
-    inputs, scorer = discoverability.content_scores(inputs, day == 0, history,
-                                                    seed=fit_config.model.seed)
+  inputs, scorer = report.content_features(fit_config, simulator.World(embeddings, quality, day),
+                                           embeddings)
   world = simulator.World(inputs, quality, day)
   model, metrics, _ = report.train_model(fit_config, world)
   tuned = tuning.tune_allocation(fit_config, world, {"service": model}, {"service": inputs})
   settings = tuned.get(sc.budget_per_item, {}).get("service", {})
   metrics = {**{k: metrics[k] for k in ("ece", "auc", "history_items")},
              "tuning_items": int(sc.tuning_items)}
-  return Fitted(model, scorer, dims, settings, metrics)
+  return Fitted(model, scorer, int(fit_config.model.get("embedding_dims", 0)), settings, metrics)
 
 
 def save_fitted(fitted: Fitted, directory: str, key: str) -> None:
