@@ -52,12 +52,13 @@ def scene_taste(config, scenes) -> np.ndarray:
   return taste.scene_taste(scenes, utilities)
 
 
-def scene_quality(config, scenes, rng: np.random.Generator) -> np.ndarray:
-  """Latent quality [N] of `scenes`: their taste through taste.quality_from_taste, its noise
-  drawn from `rng`."""
+def scene_quality(config, scenes, rng: np.random.Generator,
+                  tastes: np.ndarray | None = None) -> np.ndarray:
+  """Latent quality [N] of `scenes`: their taste (`tastes` if already computed) through
+  taste.quality_from_taste, its noise drawn from `rng`."""
   wc = config.world
-  return taste.quality_from_taste(rng, scene_taste(config, scenes), wc.base_logit,
-                                  wc.content_scale, wc.noise_scale)
+  tastes = scene_taste(config, scenes) if tastes is None else tastes
+  return taste.quality_from_taste(rng, tastes, wc.base_logit, wc.content_scale, wc.noise_scale)
 
 
 def cache_dir(config, workdir: str) -> str:
@@ -94,9 +95,10 @@ def make_world(config, items, sets: dict[str, np.ndarray]) -> tuple[simulator.Wo
   rng = np.random.default_rng(wc.seed)
   order = rng.permutation(n)
   scenes = [items[i].scene for i in order]
-  quality = scene_quality(config, scenes, rng)
+  tastes = scene_taste(config, scenes)
+  quality = scene_quality(config, scenes, rng, tastes)
   day = np.repeat(np.arange(n // wc.items_per_day, dtype=np.int32), wc.items_per_day)
-  oracle = scene_taste(config, scenes)[:, None].astype(np.float32)  # one feature: no ridge on it
+  oracle = tastes[:, None].astype(np.float32)  # one feature: no ridge on it
   ordered = {name: simulator.check_embeddings(oracle if e is None else e[order], name=name)
              for name, e in sets.items()}
   return simulator.World(next(iter(ordered.values())), quality, day), ordered
