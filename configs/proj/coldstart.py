@@ -140,12 +140,7 @@ def get_config(arg=None):
     config.world.items_per_day = 1500
     config.world.dim = 8
     config.world.num_clusters = 4
-    config.model.hidden_dims = (32,)
-    config.model.batch_size = 512
-    config.model.epochs = 20
-    config.exploration.num_rounds = 3
-    config.exploration.budget_per_item = (5, 10)
-    config.baselines.chunk_choices = (10,)
+    _tests_size(config, batch_size=512)
     config.exploration.benchmark_items = 0
   elif arg in ("toyworld", "toyworld_mixed", "toyworld_tiny"):
     config.world.source = "toyworld"
@@ -180,12 +175,7 @@ def get_config(arg=None):
       config.world.items_per_day = 300
       config.world.history_days = 2
       config.world.tuning_days = 1
-      config.model.hidden_dims = (32,)
-      config.model.batch_size = 256
-      config.model.epochs = 20
-      config.exploration.num_rounds = 3
-      config.exploration.budget_per_item = (5, 10)
-      config.baselines.chunk_choices = (10,)
+      _tests_size(config, batch_size=256)
       config.baselines.ucb_exploration_choices = ()
       config.baselines.thompson_prior_choices = ()
       config.allocation_tuning = dict(confidence=(0.5, 0.8), max_traffic_per_item=(),
@@ -198,3 +188,13 @@ def get_config(arg=None):
     raise ValueError(f"configs/proj/coldstart.py takes no argument, 'tiny', 'toyworld', "
                      f"'toyworld_mixed' or 'toyworld_tiny'; got {arg!r}.")
   return config
+
+
+def _tests_size(config, batch_size: int) -> None:
+  """The tests' size of the model and the exploration: seconds, not minutes."""
+  config.model.hidden_dims = (32,)
+  config.model.batch_size = batch_size
+  config.model.epochs = 20
+  config.exploration.num_rounds = 3
+  config.exploration.budget_per_item = (5, 10)
+  config.baselines.chunk_choices = (10,)
